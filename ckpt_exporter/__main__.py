@@ -1,0 +1,3 @@
+from ckpt_exporter.cli import main
+
+raise SystemExit(main())
