@@ -1,0 +1,127 @@
+"""Wiring and lifecycle: settings -> API client -> poller -> exposition -> HTTP, on a scheduler.
+
+APScheduler's AsyncIOScheduler ticks the poller: first at start, then every interval, never two
+ticks at once (max_instances=1, coalesce). SIGTERM and SIGINT stop everything within seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from ckpt_exporter import __version__
+from ckpt_exporter.api import ApiClient, ApiKeyAuth, KeySource, make_http_client
+from ckpt_exporter.exposition import RenderedJobs
+from ckpt_exporter.poller import Poller
+from ckpt_exporter.selfmetrics import SelfMetrics
+from ckpt_exporter.server import MetricsApp, MetricsServer
+from ckpt_exporter.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_GRACE_SECONDS = 5.0
+
+
+def api_headers(settings: Settings) -> dict[str, str]:
+    headers = {"User-Agent": f"ckpt-exporter/{__version__}", "Accept": "application/json"}
+    if settings.organization:
+        headers["OpenAI-Organization"] = settings.organization
+    if settings.project:
+        headers["OpenAI-Project"] = settings.project
+    return headers
+
+
+class Exporter:
+    """The running exporter. `start()` binds the port and schedules polls; `stop()` undoes it."""
+
+    def __init__(self, settings: Settings, on_ready: Callable[[str], None] | None = None) -> None:
+        self.settings = settings
+        self.metrics = SelfMetrics()
+        self.jobs = RenderedJobs()
+        self.http = make_http_client(
+            settings.api_base_url,
+            auth=ApiKeyAuth(KeySource(settings.read_api_key(), settings.api_key_file)),
+            headers=api_headers(settings),
+            timeout=settings.request_timeout_seconds,
+            max_connections=settings.max_concurrency,
+        )
+        self.client = ApiClient(
+            self.http,
+            max_retries=settings.max_retries,
+            max_in_flight=settings.max_concurrency,
+            observe=self.metrics.observe_request,
+        )
+        self.poller = Poller(
+            self.client,
+            self.jobs,
+            self.metrics,
+            page_size=settings.page_size,
+            full_read_every=settings.full_read_every_polls,
+        )
+        self.poller.set_jobs(settings.jobs)
+        self.server = MetricsServer(
+            MetricsApp(self.jobs, self.metrics, self.poller.ready),
+            settings.listen_address,
+            settings.listen_port,
+        )
+        self.scheduler = AsyncIOScheduler(timezone=UTC)
+        self._on_ready = on_ready
+
+    @property
+    def metrics_url(self) -> str:
+        host = self.settings.listen_address
+        if host in ("0.0.0.0", "::", ""):
+            host = "127.0.0.1"
+        elif ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.server.port}/metrics"
+
+    def start(self) -> None:
+        self.server.start()
+        self.scheduler.add_job(
+            self.poller.tick,
+            "interval",
+            seconds=self.settings.poll_interval_seconds,
+            next_run_time=datetime.now(UTC),
+            max_instances=1,
+            coalesce=True,
+            id="poll",
+        )
+        self.scheduler.start()
+        log.info(
+            "ckpt_exporter %s watching %d job(s) every %gs; serving %s",
+            __version__,
+            len(self.poller.job_ids),
+            self.settings.poll_interval_seconds,
+            self.metrics_url,
+        )
+        if self._on_ready is not None:
+            self._on_ready(self.metrics_url)
+
+    async def stop(self) -> None:
+        self.scheduler.shutdown(wait=False)
+        try:
+            await asyncio.wait_for(self.poller.stop(), SHUTDOWN_GRACE_SECONDS)
+        except TimeoutError:
+            log.warning("in-flight polls did not stop within %gs; abandoning them", SHUTDOWN_GRACE_SECONDS)
+        await self.http.aclose()
+        self.server.stop()
+
+
+async def serve(settings: Settings, on_ready: Callable[[str], None] | None = None) -> int:
+    """Run until SIGTERM or SIGINT; returns the process exit code."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    exporter = Exporter(settings, on_ready)
+    exporter.start()
+    await stop.wait()
+    log.info("shutting down")
+    await exporter.stop()
+    return 0

@@ -1,0 +1,204 @@
+"""The diff layer: per job, the known checkpoints, and how little to fetch to find the new ones.
+
+The order of the checkpoints list is not documented (OpenAI's example is newest-first, Azure's is
+oldest-first), so the order is learnt from what the API returns:
+
+- newest-first: read from the top and stop at the first id we already know;
+- oldest-first: ask `after` the newest id we know, which returns only what is new;
+- unknown (fewer than two distinct steps seen yet): read the whole list, which is one request.
+
+A full read every `full_read_every` polls reconciles checkpoints the API no longer lists.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from pydantic import ValidationError
+
+from ckpt_exporter.api import ApiError
+from ckpt_exporter.models import Checkpoint, ListPage, parse_checkpoint
+
+log = logging.getLogger(__name__)
+
+FetchPage = Callable[[str | None], Awaitable[ListPage]]  # after -> page
+MAX_PAGES = 10_000  # a safety net far above any real job (OpenAI keeps the last 3 epochs)
+
+
+class Order(enum.Enum):
+    NEWEST_FIRST = "newest_first"
+    OLDEST_FIRST = "oldest_first"
+
+
+def learn_order(items: list[Checkpoint]) -> Order | None:
+    """The list's order, if the items show one (at least two different positions, monotonic)."""
+    keys = [item.order_key for item in items]
+    pairs = list(itertools.pairwise(keys))
+    if not pairs:
+        return None
+    if all(a >= b for a, b in pairs) and any(a > b for a, b in pairs):
+        return Order.NEWEST_FIRST
+    if all(a <= b for a, b in pairs) and any(a < b for a, b in pairs):
+        return Order.OLDEST_FIRST
+    return None
+
+
+@dataclass
+class Rejected:
+    """An item of a page we could not use, with a bounded reason (for a metric label)."""
+
+    reason: str
+    detail: str
+
+
+@dataclass
+class DiffResult:
+    new: list[Checkpoint] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+    requests: int = 0
+    full_read: bool = False
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.new or self.removed)
+
+
+class CheckpointDiff:
+    """The known checkpoints of one job, and the logic that brings them up to date."""
+
+    def __init__(self, job_id: str, full_read_every: int = 10) -> None:
+        self.job_id = job_id
+        self.full_read_every = full_read_every
+        self.known: dict[str, Checkpoint] = {}
+        self.order: Order | None = None
+        self._polls_since_full_read = 0
+        self._need_full_read = True
+
+    def checkpoints(self) -> tuple[Checkpoint, ...]:
+        """The known checkpoints, oldest first."""
+        return tuple(sorted(self.known.values(), key=lambda c: c.order_key))
+
+    def newest(self) -> Checkpoint | None:
+        return max(self.known.values(), key=lambda c: c.order_key, default=None)
+
+    def force_full_read(self) -> None:
+        self._need_full_read = True
+
+    async def refresh(self, fetch: FetchPage) -> DiffResult:
+        """Fetch what is new since the last refresh and apply it; ApiError leaves the state as it was."""
+        full = (
+            self._need_full_read
+            or self.order is None
+            or not self.known
+            or self._polls_since_full_read + 1 >= self.full_read_every
+        )
+        result = DiffResult(full_read=full)
+        if full:
+            await self._full_read(fetch, result)
+        elif self.order is Order.NEWEST_FIRST:
+            await self._read_newest_first(fetch, result)
+        else:
+            await self._read_oldest_first(fetch, result)
+        return result
+
+    async def _full_read(self, fetch: FetchPage, result: DiffResult) -> None:
+        listed: list[Checkpoint] = []
+        walker = PageWalker(self.job_id, fetch, None, result)
+        while (page := await walker.next_page()) is not None:
+            listed.extend(page)
+        seen = {c.id: c for c in listed}
+        result.new = [c for c in seen.values() if c.id not in self.known]
+        result.removed = [cid for cid in self.known if cid not in seen]
+        self.known = seen
+        self.order = learn_order(listed) or self.order
+        self._need_full_read = False
+        self._polls_since_full_read = 0
+
+    async def _read_newest_first(self, fetch: FetchPage, result: DiffResult) -> None:
+        found_known = False
+        new: list[Checkpoint] = []
+        walker = PageWalker(self.job_id, fetch, None, result)
+        while not found_known and (page := await walker.next_page()) is not None:
+            for item in page:
+                if item.id in self.known:
+                    found_known = True
+                    break
+                new.append(item)
+        if not found_known:
+            # We read the whole list without meeting a known id: it is a full read after all.
+            removed = list(self.known)
+            self.known = {c.id: c for c in new}
+            result.new, result.removed, result.full_read = new, removed, True
+            self._polls_since_full_read = 0
+            return
+        self._apply_new(new, result)
+
+    async def _read_oldest_first(self, fetch: FetchPage, result: DiffResult) -> None:
+        newest = self.newest()
+        assert newest is not None  # the order is only known once checkpoints are
+        new: list[Checkpoint] = []
+        walker = PageWalker(self.job_id, fetch, newest.id, result)
+        while (page := await walker.next_page()) is not None:
+            new.extend(item for item in page if item.id not in self.known)
+        self._apply_new(new, result)
+
+    def _apply_new(self, new: list[Checkpoint], result: DiffResult) -> None:
+        for item in new:
+            self.known[item.id] = item
+        result.new = new
+        self._polls_since_full_read += 1
+
+
+class PageWalker:
+    """Walks a list page by page (`after` = last id of the previous page), validating each item.
+
+    Items that fail validation or belong to another job are rejected (and reported), the rest of
+    the page is kept. A cursor seen twice, or an empty page that claims more, is a pagination loop.
+    """
+
+    def __init__(self, job_id: str, fetch: FetchPage, after: str | None, result: DiffResult) -> None:
+        self._job_id = job_id
+        self._fetch = fetch
+        self._after = after
+        self._result = result
+        self._cursors: set[str | None] = {after}
+        self._done = False
+        self._pages = 0
+
+    async def next_page(self) -> list[Checkpoint] | None:
+        if self._done:
+            return None
+        page = await self._fetch(self._after)
+        self._result.requests += 1
+        self._pages += 1
+        items = [self._validate(raw) for raw in page.data]
+        valid = [item for item in items if item is not None]
+        if not page.has_more:
+            self._done = True
+            return valid
+        last = page.data[-1] if page.data else None
+        cursor = last.get("id") if isinstance(last, dict) else None
+        if not isinstance(cursor, str) or cursor in self._cursors or self._pages >= MAX_PAGES:
+            raise ApiError("pagination_loop", "the list claims more pages but gives no new cursor")
+        self._cursors.add(cursor)
+        self._after = cursor
+        return valid
+
+    def _validate(self, raw: object) -> Checkpoint | None:
+        parsed = parse_checkpoint(raw)
+        if isinstance(parsed, ValidationError):
+            first = parsed.errors()[0]
+            where = ".".join(str(part) for part in first["loc"]) or "checkpoint"
+            self._result.rejected.append(Rejected("invalid_checkpoint", f"{where}: {first['msg']}"))
+            return None
+        if parsed.fine_tuning_job_id != self._job_id:
+            self._result.rejected.append(
+                Rejected("wrong_job", f"checkpoint {parsed.id} belongs to another job")
+            )
+            return None
+        return parsed

@@ -1,0 +1,58 @@
+"""The exporter's own metrics: a small registry rendered on every scrape.
+
+Per-job self-metrics (job_up, last success, errors) live in the job snapshots instead, so that a
+scrape's cost does not grow with the number of jobs.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+)
+from prometheus_client.exposition import generate_latest as render_text
+from prometheus_client.openmetrics.exposition import generate_latest as render_openmetrics
+
+from ckpt_exporter import __version__
+
+ENDPOINTS = ("checkpoints",)  # API endpoints the exporter calls, pre-created at zero
+
+
+class SelfMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        # The standard process/platform/GC collectors, as prometheus_client's default registry has.
+        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            self.registry.register(collector)
+        Info("ckpt_exporter_build", "Version of the running exporter.", registry=self.registry).info(
+            {"version": __version__}
+        )
+        self.api_requests = Counter(
+            "ckpt_exporter_api_requests",
+            "Requests sent to the fine-tuning API, by endpoint and HTTP status (error: no response).",
+            ["endpoint", "code"],
+            registry=self.registry,
+        )
+        for endpoint in ENDPOINTS:
+            self.api_requests.labels(endpoint, "200")
+        self.poll_duration = Histogram(
+            "ckpt_exporter_poll_duration_seconds",
+            "Duration of a poll cycle over every job.",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+            registry=self.registry,
+        )
+        self.jobs = Gauge("ckpt_exporter_jobs", "Jobs the exporter watches.", registry=self.registry)
+
+    def observe_request(self, endpoint: str, code: str) -> None:
+        self.api_requests.labels(endpoint, code).inc()
+
+    def render(self, openmetrics: bool) -> bytes:
+        if openmetrics:
+            return render_openmetrics(self.registry)  # type: ignore[no-untyped-call,no-any-return]
+        return render_text(self.registry)

@@ -1,0 +1,200 @@
+"""Typed settings: CLI flags > environment (CKPT_EXPORTER_*) > YAML file > defaults.
+
+Every name here is a public contract: users' configuration files, environment variables and the
+Helm chart depend on them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+ENV_PREFIX = "CKPT_EXPORTER_"
+DEFAULT_PORT = 9842  # in the exporter range 9100-9999; no well-known exporter uses it
+
+# A job id goes into a URL path: only plain identifiers (OpenAI's look like ftjob-abc123).
+JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
+# The YAML file is chosen at load time (--config or CKPT_EXPORTER_CONFIG_FILE).
+_config_file: ContextVar[Path | None] = ContextVar("ckpt_exporter_config_file", default=None)
+
+
+class SettingsError(Exception):
+    """Invalid configuration; the message is one line that names the setting."""
+
+
+def _env(name: str, *fallbacks: str) -> AliasChoices:
+    """The field's own name (YAML, CLI), then CKPT_EXPORTER_NAME, then any fallback variables."""
+    return AliasChoices(name, ENV_PREFIX + name.upper(), *fallbacks)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        extra="forbid",
+        populate_by_name=True,
+        hide_input_in_errors=True,
+        validate_default=True,
+    )
+
+    api_base_url: str = Field(
+        "https://api.openai.com/v1", validation_alias=_env("api_base_url", "OPENAI_BASE_URL")
+    )
+    api_key: SecretStr | None = Field(None, validation_alias=_env("api_key", "OPENAI_API_KEY"))
+    api_key_file: Path | None = None
+    organization: str | None = None
+    project: str | None = None
+    jobs: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    poll_interval_seconds: float = Field(60.0, ge=0.1)
+    full_read_every_polls: int = Field(10, ge=1)
+    listen_address: str = "0.0.0.0"
+    listen_port: int = Field(DEFAULT_PORT, ge=1, le=65535)
+    max_concurrency: int = Field(16, ge=1, le=1024)
+    page_size: int = Field(20, ge=1, le=100)
+    request_timeout_seconds: float = Field(30.0, gt=0)
+    max_retries: int = Field(2, ge=0, le=10)
+    log_level: LogLevel = "INFO"
+    log_format: Literal["text", "json"] = "text"
+
+    @field_validator("api_base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s?#]+", value):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+    @field_validator("jobs", mode="before")
+    @classmethod
+    def _split_jobs(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                try:
+                    return json.loads(text)
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"not a JSON list ({exc.msg})") from None
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @field_validator("jobs")
+    @classmethod
+    def _valid_job_ids(cls, value: list[str]) -> list[str]:
+        for job_id in value:
+            if not JOB_ID_PATTERN.match(job_id):
+                raise ValueError(
+                    f"{job_id!r} is not a plain job identifier (letters, digits, '_', '-', '.', ':')"
+                )
+        return list(dict.fromkeys(value))  # drop duplicates, keep order
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _lower_format(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _key_file_exists(self) -> Settings:
+        if self.api_key_file is not None and not self.api_key_file.is_file():
+            raise ValueError(f"api_key_file: {self.api_key_file} is not a readable file")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        yaml_file = _config_file.get()
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if yaml_file is not None:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_file))
+        return tuple(sources)
+
+    def read_api_key(self) -> str | None:
+        """The key to send: the file's current content (rotated Secrets) wins over api_key."""
+        if self.api_key_file is not None:
+            return self.api_key_file.read_text(encoding="utf-8").strip() or None
+        return self.api_key.get_secret_value() if self.api_key is not None else None
+
+    def require_api_key(self) -> None:
+        if self.api_key is None and self.api_key_file is None:
+            raise SettingsError(
+                "api_key: no API key; set CKPT_EXPORTER_API_KEY (or OPENAI_API_KEY), "
+                "or api_key_file / CKPT_EXPORTER_API_KEY_FILE"
+            )
+        if self.api_key_file is not None and self.read_api_key() is None:
+            raise SettingsError(f"api_key_file: {self.api_key_file} is empty")
+        if not self.jobs:
+            raise SettingsError("jobs: no job to watch; set CKPT_EXPORTER_JOBS (comma-separated job ids)")
+
+    def masked(self) -> dict[str, Any]:
+        """The effective settings as plain data, with the key masked (for check-config)."""
+        data = self.model_dump(mode="json")
+        data["api_key"] = "********" if self.api_key is not None else None
+        return data
+
+
+# Settings that are never accepted on the command line (a key there shows in `ps`).
+SECRET_FIELDS = frozenset({"api_key"})
+
+
+def cli_field_names() -> list[str]:
+    return [name for name in Settings.model_fields if name not in SECRET_FIELDS]
+
+
+def load_settings(cli_values: dict[str, Any] | None = None, config_file: Path | None = None) -> Settings:
+    """Build the settings; raise SettingsError with a one-line message naming the bad setting."""
+    import os
+
+    if config_file is None and os.environ.get(ENV_PREFIX + "CONFIG_FILE"):
+        config_file = Path(os.environ[ENV_PREFIX + "CONFIG_FILE"])
+    if config_file is not None and not config_file.is_file():
+        raise SettingsError(f"config file: {config_file} does not exist or is not a file")
+    token = _config_file.set(config_file)
+    try:
+        return Settings(**{k: v for k, v in (cli_values or {}).items() if v is not None})
+    except ValidationError as exc:
+        raise SettingsError(describe_validation_error(exc)) from None
+    except (OSError, ValueError) as exc:  # an unreadable or malformed YAML file
+        raise SettingsError(f"config file {config_file}: {str(exc).splitlines()[0]}") from None
+    finally:
+        _config_file.reset(token)
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors():
+        loc = [str(part) for part in error["loc"]]
+        name = loc[0] if loc else "settings"
+        if name in Settings.model_fields:
+            env = ENV_PREFIX + name.upper()
+            where = f"{name} ({env})"
+        else:
+            where = name
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown setting"
+        elif name not in SECRET_FIELDS and "input" in error and isinstance(error["input"], str | int | float):
+            message += f", got {error['input']!r}"
+        parts.append(f"invalid setting {where}: {message}")
+    return "; ".join(parts)

@@ -1,0 +1,27 @@
+"""Immutable snapshots of what the exporter knows about each job.
+
+The poller publishes a new JobSnapshot whenever a job's state changes; the exposition turns
+snapshots into metric families. Nothing in a snapshot is ever mutated, so a scrape never sees a
+half-updated job.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ckpt_exporter.models import Checkpoint
+
+
+@dataclass(frozen=True)
+class JobSnapshot:
+    job_id: str
+    checkpoints: tuple[Checkpoint, ...] = ()  # oldest first
+    polled: bool = False  # a poll of this job has completed (successfully or not)
+    up: bool = False  # the latest poll succeeded
+    last_success: float | None = None  # unix time of the latest successful poll
+    discovered_total: int = 0  # checkpoints that appeared after the first read
+    errors: tuple[tuple[str, int], ...] = field(default=())  # (reason, count), sorted by reason
+
+    @property
+    def latest_step(self) -> int | None:
+        return max((c.step_number for c in self.checkpoints), default=None)
