@@ -1,7 +1,8 @@
 # ckpt-exporter container image.
 #
 #   docker build -t ckpt-exporter .
-#   docker run --rm -p 9842:9842 ckpt-exporter demo
+#   docker run --rm -p 9842:9842 ckpt-exporter demo --listen-address 0.0.0.0
+#   docker run --rm -p 9842:9842 -e OPENAI_API_KEY -e CKPT_EXPORTER_JOBS=ftjob-abc ckpt-exporter
 #
 # BASE_IMAGE must provide python3 (>= 3.11) with the venv module. Both stages use it, so the venv
 # made in the build stage finds its interpreter at the same path in the runtime stage
@@ -9,6 +10,9 @@
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 
 FROM ${BASE_IMAGE} AS build
+
+# A package index mirror can be given with --build-arg PIP_INDEX_URL=...; it stays in this stage.
+ARG PIP_INDEX_URL=https://pypi.org/simple
 
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
