@@ -11,6 +11,7 @@ import logging
 import signal
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
@@ -20,7 +21,7 @@ from ckpt_exporter.exposition import RenderedJobs
 from ckpt_exporter.poller import Poller
 from ckpt_exporter.selfmetrics import SelfMetrics
 from ckpt_exporter.server import MetricsApp, MetricsServer
-from ckpt_exporter.settings import Settings
+from ckpt_exporter.settings import Settings, SettingsError
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +38,23 @@ def api_headers(settings: Settings) -> dict[str, str]:
 
 
 class Exporter:
-    """The running exporter. `start()` binds the port and schedules polls; `stop()` undoes it."""
+    """The running exporter. `start()` binds the port and schedules polls; `stop()` undoes it.
 
-    def __init__(self, settings: Settings, on_ready: Callable[[str], None] | None = None) -> None:
+    `config` is the settings' YAML file, if any: when it changes (a ConfigMap update, say), the job
+    list is re-read before the next poll; `reload_settings` re-reads it (also on SIGHUP).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        on_ready: Callable[[str], None] | None = None,
+        reload_settings: Callable[[], Settings] | None = None,
+        config: Path | None = None,
+    ) -> None:
         self.settings = settings
+        self._reload_settings = reload_settings
+        self._config = config
+        self._config_stamp = _stamp(config)
         self.metrics = SelfMetrics()
         self.jobs = RenderedJobs()
         self.http = make_http_client(
@@ -84,7 +98,7 @@ class Exporter:
     def start(self) -> None:
         self.server.start()
         self.scheduler.add_job(
-            self.poller.tick,
+            self._tick,
             "interval",
             seconds=self.settings.poll_interval_seconds,
             next_run_time=datetime.now(UTC),
@@ -103,6 +117,26 @@ class Exporter:
         if self._on_ready is not None:
             self._on_ready(self.metrics_url)
 
+    async def _tick(self) -> None:
+        stamp = _stamp(self._config)
+        if stamp != self._config_stamp:
+            self._config_stamp = stamp
+            self.reload()
+        await self.poller.tick()
+
+    def reload(self) -> None:
+        """Re-read the settings and apply the job list; keep the old settings if the new are bad."""
+        if self._reload_settings is None:
+            return
+        try:
+            settings = self._reload_settings()
+        except SettingsError as exc:
+            log.error("settings not reloaded, keeping the current ones: %s", exc)
+            return
+        if settings.jobs != self.poller.job_ids:
+            log.info("settings reloaded: now watching %d job(s)", len(settings.jobs))
+            self.poller.set_jobs(settings.jobs)
+
     async def stop(self) -> None:
         self.scheduler.shutdown(wait=False)
         try:
@@ -113,13 +147,27 @@ class Exporter:
         self.server.stop()
 
 
-async def serve(settings: Settings, on_ready: Callable[[str], None] | None = None) -> int:
-    """Run until SIGTERM or SIGINT; returns the process exit code."""
+def _stamp(path: Path | None) -> tuple[int, int] | None:
+    try:
+        stat = path.stat() if path is not None else None
+    except OSError:
+        return None
+    return (stat.st_mtime_ns, stat.st_size) if stat is not None else None
+
+
+async def serve(
+    settings: Settings,
+    on_ready: Callable[[str], None] | None = None,
+    reload_settings: Callable[[], Settings] | None = None,
+    config: Path | None = None,
+) -> int:
+    """Run until SIGTERM or SIGINT (SIGHUP re-reads the settings); returns the exit code."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    exporter = Exporter(settings, on_ready)
+    exporter = Exporter(settings, on_ready, reload_settings, config)
+    loop.add_signal_handler(signal.SIGHUP, exporter.reload)
     exporter.start()
     await stop.wait()
     log.info("shutting down")

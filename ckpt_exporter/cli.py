@@ -12,11 +12,18 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ckpt_exporter import __version__
-from ckpt_exporter.settings import Settings, SettingsError, cli_field_names, load_settings
+from ckpt_exporter.settings import (
+    Settings,
+    SettingsError,
+    cli_field_names,
+    load_settings,
+    settings_file,
+)
 
 EXIT_CONFIG = 2
 
@@ -105,14 +112,23 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(settings.masked(), indent=2))
         return 0
     setup_logging(settings.log_level, settings.log_format)
-    return _run(settings)
+    return _run(
+        settings,
+        reload_settings=lambda: load_settings(_settings_values(args), args.config),
+        config=args.config or settings_file(),
+    )
 
 
-def _run(settings: Settings, on_ready: Any = None) -> int:
+def _run(
+    settings: Settings,
+    on_ready: Callable[[str], None] | None = None,
+    reload_settings: Callable[[], Settings] | None = None,
+    config: Path | None = None,
+) -> int:
     from ckpt_exporter.app import serve
 
     try:
-        return asyncio.run(serve(settings, on_ready))
+        return asyncio.run(serve(settings, on_ready, reload_settings, config))
     except OSError as exc:  # the listen address is taken or invalid
         print(
             f"ckpt-exporter: cannot listen on {settings.listen_address}:{settings.listen_port}: "
@@ -146,7 +162,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     started = time.monotonic()
     try:
-        return _run(settings, announce)
+        return _run(settings, on_ready=announce)
     finally:
         training.stop()
         server.stop()

@@ -7,7 +7,9 @@ oldest-first), so the order is learnt from what the API returns:
 - oldest-first: ask `after` the newest id we know, which returns only what is new;
 - unknown (fewer than two distinct steps seen yet): read the whole list, which is one request.
 
-A full read every `full_read_every` polls reconciles checkpoints the API no longer lists.
+A full read every `full_read_every` polls reconciles checkpoints the API no longer lists. Once the
+job's checkpoints are known, that read asks for as many as we know plus one (up to MAX_LIMIT) so that
+it, too, is one request; the first read of a job walks pages of `page_size`.
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ from ckpt_exporter.models import Checkpoint, ListPage, parse_checkpoint
 
 log = logging.getLogger(__name__)
 
-FetchPage = Callable[[str | None], Awaitable[ListPage]]  # after -> page
+FetchPage = Callable[[str | None, int], Awaitable[ListPage]]  # (after, limit) -> page
 MAX_PAGES = 10_000  # a safety net far above any real job (OpenAI keeps the last 3 epochs)
+MAX_LIMIT = 100  # the largest `limit` a reconciling read asks for
 
 
 class Order(enum.Enum):
@@ -71,8 +74,9 @@ class DiffResult:
 class CheckpointDiff:
     """The known checkpoints of one job, and the logic that brings them up to date."""
 
-    def __init__(self, job_id: str, full_read_every: int = 10) -> None:
+    def __init__(self, job_id: str, page_size: int = 20, full_read_every: int = 10) -> None:
         self.job_id = job_id
+        self.page_size = page_size
         self.full_read_every = full_read_every
         self.known: dict[str, Checkpoint] = {}
         self.order: Order | None = None
@@ -108,7 +112,8 @@ class CheckpointDiff:
 
     async def _full_read(self, fetch: FetchPage, result: DiffResult) -> None:
         listed: list[Checkpoint] = []
-        walker = PageWalker(self.job_id, fetch, None, result)
+        limit = min(max(self.page_size, len(self.known) + 1), MAX_LIMIT)
+        walker = PageWalker(self.job_id, fetch, None, limit, result)
         while (page := await walker.next_page()) is not None:
             listed.extend(page)
         seen = {c.id: c for c in listed}
@@ -122,7 +127,7 @@ class CheckpointDiff:
     async def _read_newest_first(self, fetch: FetchPage, result: DiffResult) -> None:
         found_known = False
         new: list[Checkpoint] = []
-        walker = PageWalker(self.job_id, fetch, None, result)
+        walker = PageWalker(self.job_id, fetch, None, self.page_size, result)
         while not found_known and (page := await walker.next_page()) is not None:
             for item in page:
                 if item.id in self.known:
@@ -142,7 +147,7 @@ class CheckpointDiff:
         newest = self.newest()
         assert newest is not None  # the order is only known once checkpoints are
         new: list[Checkpoint] = []
-        walker = PageWalker(self.job_id, fetch, newest.id, result)
+        walker = PageWalker(self.job_id, fetch, newest.id, self.page_size, result)
         while (page := await walker.next_page()) is not None:
             new.extend(item for item in page if item.id not in self.known)
         self._apply_new(new, result)
@@ -161,10 +166,13 @@ class PageWalker:
     the page is kept. A cursor seen twice, or an empty page that claims more, is a pagination loop.
     """
 
-    def __init__(self, job_id: str, fetch: FetchPage, after: str | None, result: DiffResult) -> None:
+    def __init__(
+        self, job_id: str, fetch: FetchPage, after: str | None, limit: int, result: DiffResult
+    ) -> None:
         self._job_id = job_id
         self._fetch = fetch
         self._after = after
+        self._limit = limit
         self._result = result
         self._cursors: set[str | None] = {after}
         self._done = False
@@ -173,7 +181,7 @@ class PageWalker:
     async def next_page(self) -> list[Checkpoint] | None:
         if self._done:
             return None
-        page = await self._fetch(self._after)
+        page = await self._fetch(self._after, self._limit)
         self._result.requests += 1
         self._pages += 1
         items = [self._validate(raw) for raw in page.data]

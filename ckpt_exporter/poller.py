@@ -68,7 +68,9 @@ class Poller:
             log.info("job %s is no longer watched; its series are removed", job_id)
         for job_id in wanted:
             if job_id not in self._jobs:
-                self._jobs[job_id] = _Job(CheckpointDiff(job_id, self._full_read_every), JobSnapshot(job_id))
+                self._jobs[job_id] = _Job(
+                    CheckpointDiff(job_id, self._page_size, self._full_read_every), JobSnapshot(job_id)
+                )
                 self._exposition.update(self._jobs[job_id].snapshot)
         self._metrics.jobs.set(len(self._jobs))
 
@@ -126,8 +128,8 @@ class Poller:
     async def _poll_job(self, job_id: str) -> None:
         job = self._jobs[job_id]
 
-        async def fetch(after: str | None) -> ListPage:
-            return await self._client.list_checkpoints(job_id, after=after, limit=self._page_size)
+        async def fetch(after: str | None, limit: int) -> ListPage:
+            return await self._client.list_checkpoints(job_id, after=after, limit=limit)
 
         try:
             result = await job.diff.refresh(fetch)

@@ -7,6 +7,7 @@ Helm chart depend on them.
 from __future__ import annotations
 
 import json
+import os
 import re
 from contextvars import ContextVar
 from pathlib import Path
@@ -162,12 +163,15 @@ def cli_field_names() -> list[str]:
     return [name for name in Settings.model_fields if name not in SECRET_FIELDS]
 
 
+def settings_file() -> Path | None:
+    """The YAML file named by CKPT_EXPORTER_CONFIG_FILE, if any."""
+    value = os.environ.get(ENV_PREFIX + "CONFIG_FILE")
+    return Path(value) if value else None
+
+
 def load_settings(cli_values: dict[str, Any] | None = None, config_file: Path | None = None) -> Settings:
     """Build the settings; raise SettingsError with a one-line message naming the bad setting."""
-    import os
-
-    if config_file is None and os.environ.get(ENV_PREFIX + "CONFIG_FILE"):
-        config_file = Path(os.environ[ENV_PREFIX + "CONFIG_FILE"])
+    config_file = config_file or settings_file()
     if config_file is not None and not config_file.is_file():
         raise SettingsError(f"config file: {config_file} does not exist or is not a file")
     token = _config_file.set(config_file)

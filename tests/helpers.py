@@ -1,0 +1,107 @@
+"""Shared test helpers: free ports, external tools, the exporter as a real process, parsing /metrics."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+REPO = Path(__file__).resolve().parent.parent
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def require_tool(name: str) -> str:
+    """The tool's path; in CI (CI=true) a missing tool fails the test instead of skipping it."""
+    path = shutil.which(name)
+    if path is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{name} is required in CI but is not installed")
+        pytest.skip(f"{name} is not installed")
+    return path
+
+
+def parse_samples(text: str, prefix: str = "") -> Samples:
+    """{(sample name, labels): value} for every sample whose name starts with prefix."""
+    out: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name.startswith(prefix):
+                out[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return out
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval)
+    return condition()
+
+
+class ExporterProcess:
+    """The real `python -m ckpt_exporter` process, configured through its environment."""
+
+    def __init__(self, env: dict[str, str], args: list[str] | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith(("CKPT_EXPORTER_", "OPENAI_"))}
+        full_env.update(
+            {
+                "CKPT_EXPORTER_LISTEN_ADDRESS": "127.0.0.1",
+                "CKPT_EXPORTER_LISTEN_PORT": str(self.port),
+                "PYTHONUNBUFFERED": "1",
+                **env,
+            }
+        )
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "ckpt_exporter", *(args or [])],
+            env=full_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.output = ""
+
+    def get(self, path: str, **kwargs: object) -> httpx.Response:
+        return httpx.get(self.url + path, timeout=5, **kwargs)  # type: ignore[arg-type]
+
+    def metrics(self) -> str:
+        return self.get("/metrics").text
+
+    def wait_ready(self, timeout: float = 20) -> None:
+        def ready() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"exporter exited early:\n{self.stop()}")
+            try:
+                return self.get("/readyz").status_code == 200
+            except httpx.TransportError:
+                return False
+
+        assert wait_for(ready, timeout), "exporter did not become ready"
+
+    def stop(self, timeout: float = 10) -> str:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        try:
+            out, _ = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, _ = self.proc.communicate()
+        self.output += out or ""
+        return self.output
