@@ -13,6 +13,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import yaml
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
@@ -38,8 +39,8 @@ class SettingsError(Exception):
 
 
 def _env(name: str, *fallbacks: str) -> AliasChoices:
-    """The field's own name (YAML, CLI), then CKPT_EXPORTER_NAME, then any fallback variables."""
-    return AliasChoices(name, ENV_PREFIX + name.upper(), *fallbacks)
+    """CKPT_EXPORTER_NAME, then the fallbacks (the field name itself works too: populate_by_name)."""
+    return AliasChoices(ENV_PREFIX + name.upper(), *fallbacks)
 
 
 class Settings(BaseSettings):
@@ -138,7 +139,7 @@ class Settings(BaseSettings):
         return self.api_key.get_secret_value() if self.api_key is not None else None
 
     def require_api_key(self) -> None:
-        if self.api_key is None and self.api_key_file is None:
+        if self.api_key_file is None and not (self.api_key and self.api_key.get_secret_value().strip()):
             raise SettingsError(
                 "api_key: no API key; set CKPT_EXPORTER_API_KEY (or OPENAI_API_KEY), "
                 "or api_key_file / CKPT_EXPORTER_API_KEY_FILE"
@@ -179,17 +180,32 @@ def load_settings(cli_values: dict[str, Any] | None = None, config_file: Path | 
         return Settings(**{k: v for k, v in (cli_values or {}).items() if v is not None})
     except ValidationError as exc:
         raise SettingsError(describe_validation_error(exc)) from None
-    except (OSError, ValueError) as exc:  # an unreadable or malformed YAML file
-        raise SettingsError(f"config file {config_file}: {str(exc).splitlines()[0]}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise SettingsError(f"config file {config_file}: invalid YAML{where}: {problem}") from None
+    except OSError as exc:
+        raise SettingsError(f"config file {config_file}: {exc.strerror or exc}") from None
+    except (TypeError, ValueError):
+        raise SettingsError(f"config file {config_file}: must be a YAML mapping of setting: value") from None
     finally:
         _config_file.reset(token)
+
+
+def _field_name(loc: str) -> str:
+    """The field a validation error is about, whichever alias (env variable) supplied it."""
+    for name, info in Settings.model_fields.items():
+        alias = info.validation_alias
+        if isinstance(alias, AliasChoices) and loc in alias.choices:
+            return name
+    return loc
 
 
 def describe_validation_error(exc: ValidationError) -> str:
     parts = []
     for error in exc.errors():
-        loc = [str(part) for part in error["loc"]]
-        name = loc[0] if loc else "settings"
+        name = _field_name(str(error["loc"][0])) if error["loc"] else "settings"
         if name in Settings.model_fields:
             env = ENV_PREFIX + name.upper()
             where = f"{name} ({env})"
