@@ -134,7 +134,7 @@ fi
 
 # --- lint ---------------------------------------------------------------------------------------
 log "hadolint Dockerfile ($("$hadolint" --version))"
-if ! lint_output=$("$hadolint" Dockerfile 2>&1) || [ -n "$lint_output" ]; then
+if ! lint_output=$("$hadolint" --no-color Dockerfile 2>&1) || [ -n "$lint_output" ]; then
   printf '%s\n' "$lint_output" >&2
   fail "hadolint reported problems"
 fi
