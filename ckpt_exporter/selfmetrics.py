@@ -15,6 +15,7 @@ from prometheus_client import (
     Gauge,
     Histogram,
     Info,
+    disable_created_metrics,
 )
 from prometheus_client.exposition import generate_latest as render_text
 from prometheus_client.openmetrics.exposition import generate_latest as render_openmetrics
@@ -26,6 +27,8 @@ ENDPOINTS = ("checkpoints",)  # API endpoints the exporter calls, pre-created at
 
 class SelfMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        # No *_created series: they double the self-metrics and no dashboard or rule uses them.
+        disable_created_metrics()
         self.registry = registry or CollectorRegistry(auto_describe=True)
         # The standard process/platform/GC collectors, as prometheus_client's default registry has.
         for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):

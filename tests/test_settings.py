@@ -176,3 +176,13 @@ def test_cli_flags_and_bad_config_file(tmp_path: Path) -> None:
 def test_settings_error_is_raised_not_printed() -> None:
     with pytest.raises(SettingsError, match=r"^invalid setting page_size \(CKPT_EXPORTER_PAGE_SIZE\)"):
         load_settings({"page_size": "0"})
+
+
+def test_example_config_names_every_setting_and_is_valid() -> None:
+    from tests.helpers import REPO
+
+    example = REPO / "config" / "example.yaml"
+    text = example.read_text()
+    for name in Settings.model_fields:
+        assert f"\n{name}:" in text or f"\n# {name}:" in text, name
+    assert load_settings({"api_key": KEY}, example).jobs == ["ftjob-abc123", "ftjob-def456"]
