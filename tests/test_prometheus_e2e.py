@@ -1,0 +1,449 @@
+"""The dashboard and the alert rules against a real Prometheus scraping the real exporter.
+
+    fake OpenAI API (loopback)  <-  python -m ckpt_exporter  <-  prometheus (scrape 1s, rules 1s)
+
+Grafana cannot run here, so the dashboard is proven query by query: every expression of every
+panel (Grafana's variables substituted as Grafana would) and of every alert rule runs through
+Prometheus' HTTP API and must succeed; the checkpoint panels must return exactly the series the
+fake API holds; every rule must evaluate without error, and exactly the expected alerts go pending.
+
+Needs the `prometheus` binary (Debian package `prometheus`): skipped without it, failed in CI.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from ckpt_exporter import __version__
+from ckpt_exporter.fakeapi import FakeApi, FakeApiServer
+from tests.helpers import ExporterProcess, free_port, require_tool, wait_for
+from tests.test_dashboard import load_dashboard, query_panels, substitute_grafana_variables
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parent.parent
+ALERTS = REPO / "helm" / "ckpt-exporter" / "files" / "alerts.yaml"
+API_KEY = "sk-test"
+
+CHECKPOINT_FIELDS = (
+    "train_loss",
+    "train_mean_token_accuracy",
+    "valid_loss",
+    "valid_mean_token_accuracy",
+    "full_valid_loss",
+    "full_valid_mean_token_accuracy",
+)
+
+# Jobs selected in the dashboard's job_id variable; ftjob-e2e-other is polled too but not selected.
+SELECTED = ("ftjob-e2e-a", "ftjob-e2e-b", "ftjob-e2e-c", "ftjob-e2e-empty", "ftjob-e2e-missing")
+OTHER = "ftjob-e2e-other"
+# What Grafana sends for a multi-value variable: a regex alternation of the selected values.
+JOB_REGEX = "(" + "|".join(SELECTED) + ")"
+
+Labels = frozenset[tuple[str, str]]
+Series = dict[Labels, float]
+
+
+def full(step: int, base: float) -> dict[str, Any]:
+    """All six metrics, distinct per field and step."""
+    return {name: round(base + i / 100 + step / 100_000, 6) for i, name in enumerate(CHECKPOINT_FIELDS)}
+
+
+def populate(api: FakeApi) -> None:
+    # a: every metric; full_valid_loss 0.9, 0.7, 0.8: the latest checkpoint is worse than step 200.
+    api.add_job("ftjob-e2e-a", newest_first=True)
+    for step, fvl in ((100, 0.9), (200, 0.7), (300, 0.8)):
+        api.add_checkpoint("ftjob-e2e-a", step, {**full(step, 0.3), "full_valid_loss": fvl})
+    # b: no full_valid metrics at all; valid_loss rises 0.5 -> 0.75; a null accuracy at step 14.
+    api.add_job("ftjob-e2e-b", newest_first=False)
+    api.add_checkpoint(
+        "ftjob-e2e-b",
+        7,
+        {
+            "train_loss": 1.25,
+            "train_mean_token_accuracy": 0.5,
+            "valid_loss": 0.5,
+            "valid_mean_token_accuracy": 0.4,
+        },
+    )
+    api.add_checkpoint(
+        "ftjob-e2e-b",
+        14,
+        {
+            "train_loss": 1.0,
+            "train_mean_token_accuracy": 0.6,
+            "valid_loss": 0.75,
+            "valid_mean_token_accuracy": None,
+        },
+    )
+    # c: a single checkpoint, valid metrics null.
+    api.add_job("ftjob-e2e-c")
+    api.add_checkpoint(
+        "ftjob-e2e-c", 5, {**full(5, 0.2), "valid_loss": None, "valid_mean_token_accuracy": None}
+    )
+    # empty: a job without checkpoints yet.
+    api.add_job("ftjob-e2e-empty")
+    # ftjob-e2e-missing is watched but unknown to the API (HTTP 404).
+    # other: polled, but not selected in the dashboard.
+    api.add_job(OTHER)
+    for step in (1, 2):
+        api.add_checkpoint(OTHER, step, full(step, 0.9 - step / 10))
+
+
+# --- expected series, from the fake API's own data -------------------------------------------------
+
+
+def _labels(**kv: str) -> Labels:
+    return frozenset(kv.items())
+
+
+def selected_checkpoints(api: FakeApi) -> Iterator[tuple[str, dict[str, Any]]]:
+    for job in api.jobs.values():
+        if job.id in SELECTED:
+            for checkpoint in job.checkpoints:
+                yield job.id, checkpoint
+
+
+def expected_per_step(api: FakeApi, field: str) -> Series:
+    return {
+        _labels(job_id=job_id, step=str(c["step_number"])): float(c["metrics"][field])
+        for job_id, c in selected_checkpoints(api)
+        if c["metrics"].get(field) is not None
+    }
+
+
+def expected_table(api: FakeApi, field: str) -> Series:
+    out: Series = {}
+    for job_id, c in selected_checkpoints(api):
+        value = c["created_at"] * 1000 if field == "created" else c["metrics"].get(field)
+        if value is not None:
+            labels = _labels(
+                job_id=job_id,
+                step=str(c["step_number"]),
+                checkpoint_id=c["id"],
+                model=c["fine_tuned_model_checkpoint"],
+            )
+            out[labels] = float(value)
+    return out
+
+
+def expected_latest_step(api: FakeApi) -> Series:
+    return {
+        _labels(job_id=job.id): float(max(c["step_number"] for c in job.checkpoints))
+        for job in api.jobs.values()
+        if job.id in SELECTED and job.checkpoints
+    }
+
+
+def expected_at_latest(api: FakeApi, field: str) -> Series:
+    out: Series = {}
+    for job in api.jobs.values():
+        if job.id in SELECTED and job.checkpoints:
+            latest = max(job.checkpoints, key=lambda c: c["step_number"])
+            if latest["metrics"].get(field) is not None:
+                out[_labels(job_id=job.id)] = float(latest["metrics"][field])
+    return out
+
+
+# --- processes -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Prometheus:
+    url: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def query(self, expr: str, what: str = "") -> dict[str, Any]:
+        response = httpx.get(self.url + "/api/v1/query", params={"query": expr}, timeout=10)
+        body: dict[str, Any] = response.json()
+        assert response.status_code == 200 and body["status"] == "success", (what, expr, body)
+        return body
+
+    def query_range(self, expr: str, what: str = "", seconds: int = 30) -> dict[str, Any]:
+        end = time.time()
+        params: dict[str, str | float] = {"query": expr, "start": end - seconds, "end": end, "step": 1}
+        response = httpx.get(self.url + "/api/v1/query_range", params=params, timeout=10)
+        body: dict[str, Any] = response.json()
+        assert response.status_code == 200 and body["status"] == "success", (what, expr, body)
+        return body
+
+    def series(self, expr: str) -> Series:
+        body = self.query(expr)
+        assert body["data"]["resultType"] == "vector", (expr, body)
+        out: Series = {}
+        for item in body["data"]["result"]:
+            labels = frozenset(item["metric"].items())
+            assert labels not in out, f"duplicate series {dict(labels)} for {expr}"
+            out[labels] = float(item["value"][1])
+        return out
+
+    def get(self, path: str) -> Any:
+        body = httpx.get(self.url + path, timeout=10).json()
+        assert body["status"] == "success", body
+        return body["data"]
+
+
+def start_prometheus(binary: str, tmp_path: Path, exporter_port: int) -> Prometheus:
+    port = free_port()
+    config = {
+        "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(ALERTS)],
+        "scrape_configs": [
+            {"job_name": "ckpt-exporter", "static_configs": [{"targets": [f"127.0.0.1:{exporter_port}"]}]}
+        ],
+    }
+    config_file = tmp_path / "prometheus.yml"
+    config_file.write_text(yaml.safe_dump(config), encoding="utf-8")
+    log = tmp_path / "prometheus.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={config_file}",
+                f"--storage.tsdb.path={tmp_path / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                "--log.level=warn",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    return Prometheus(f"http://127.0.0.1:{port}", proc, log)
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
+def prometheus_ready(prom: Prometheus) -> bool:
+    if prom.proc.poll() is not None:
+        raise AssertionError(f"prometheus exited:\n{prom.log.read_text(errors='replace')[-4000:]}")
+    try:
+        return httpx.get(prom.url + "/-/ready", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[tuple[FakeApi, ExporterProcess, Prometheus]]:
+    binary = require_tool("prometheus")
+    api = FakeApi(api_key=API_KEY)
+    populate(api)
+    with FakeApiServer(api) as server:
+        exporter = ExporterProcess(
+            {
+                "CKPT_EXPORTER_API_BASE_URL": server.base_url,
+                "CKPT_EXPORTER_API_KEY": API_KEY,
+                "CKPT_EXPORTER_JOBS": ",".join((*SELECTED, OTHER)),
+                "CKPT_EXPORTER_POLL_INTERVAL_SECONDS": "0.5",
+            }
+        )
+        prom: Prometheus | None = None
+        try:
+            exporter.wait_ready()
+            prom = start_prometheus(binary, tmp_path, exporter.port)
+            assert wait_for(lambda: prometheus_ready(prom), 30, 0.2), "prometheus did not become ready"
+            yield api, exporter, prom
+        finally:
+            if prom is not None:
+                stop_process(prom.proc)
+            exporter.stop()
+
+
+# --- the dashboard's and the rules' expressions ----------------------------------------------------
+
+
+def dashboard_targets() -> list[tuple[str, str, str, bool]]:
+    """(panel title, refId, expr with Grafana's variables substituted, instant?) of every target."""
+    out = []
+    for panel in query_panels(load_dashboard()):
+        for target in panel["targets"]:
+            expr = substitute_grafana_variables(target["expr"], JOB_REGEX, rate_interval="1m", range_="5m")
+            out.append((panel["title"], target["refId"], expr, bool(target.get("instant"))))
+    return out
+
+
+def panel_query(title: str, ref: str) -> str:
+    [expr] = [e for t, r, e, _ in dashboard_targets() if (t, r) == (title, ref)]
+    return expr
+
+
+def rule_exprs() -> list[tuple[str, str]]:
+    doc = yaml.safe_load(ALERTS.read_text(encoding="utf-8"))
+    return [(rule["alert"], rule["expr"]) for group in doc["groups"] for rule in group["rules"]]
+
+
+def assert_checkpoint_panels_exact(prom: Prometheus, api: FakeApi) -> None:
+    xy = {
+        "Loss by checkpoint step: $job_id": ("train_loss", "valid_loss", "full_valid_loss"),
+        "Token accuracy by checkpoint step: $job_id": (
+            "train_mean_token_accuracy",
+            "valid_mean_token_accuracy",
+            "full_valid_mean_token_accuracy",
+        ),
+    }
+    for title, fields in xy.items():
+        for field in fields:
+            assert prom.series(panel_query(title, field)) == expected_per_step(api, field), (title, field)
+
+    for field in ("created", *CHECKPOINT_FIELDS):
+        assert prom.series(panel_query("Checkpoints", field)) == expected_table(api, field), field
+
+    assert prom.series(panel_query("Latest checkpoint step", "A")) == expected_latest_step(api)
+
+    latest = {
+        "Loss at the latest checkpoint": ("train_loss", "valid_loss", "full_valid_loss"),
+        "Token accuracy at the latest checkpoint": (
+            "train_mean_token_accuracy",
+            "valid_mean_token_accuracy",
+            "full_valid_mean_token_accuracy",
+        ),
+    }
+    for title, fields in latest.items():
+        for ref, field in zip("ABC", fields, strict=True):
+            assert prom.series(panel_query(title, ref)) == expected_at_latest(api, field), (title, field)
+
+
+def active_alerts(prom: Prometheus) -> set[tuple[str, ...]]:
+    """(alertname, job_id or endpoint, loss, state) of the active alerts.
+
+    CkptExporterApiErrors of other endpoints than checkpoints are left out: the unknown job also
+    fails on the job/events endpoints once the exporter polls them.
+    """
+    return {
+        (
+            a["labels"]["alertname"],
+            a["labels"].get("job_id", a["labels"].get("endpoint", "")),
+            a["labels"].get("loss", ""),
+            a["state"],
+        )
+        for a in prom.get("/api/v1/alerts")["alerts"]
+        if a["labels"]["alertname"] != "CkptExporterApiErrors" or a["labels"]["endpoint"] == "checkpoints"
+    }
+
+
+def test_dashboard_and_alert_queries_against_real_prometheus(
+    stack: tuple[FakeApi, ExporterProcess, Prometheus],
+) -> None:
+    api, _, prom = stack
+
+    # Scraped: every selected checkpoint is in Prometheus, with enough samples for 1m rates.
+    n_checkpoints = sum(1 for _ in selected_checkpoints(api))
+    assert wait_for(
+        lambda: (
+            prom.series(f'count(openai_fine_tuning_checkpoint_info{{job_id=~"{JOB_REGEX}"}})')
+            == {frozenset(): float(n_checkpoints)}
+            and prom.series('count_over_time(up{job="ckpt-exporter"}[1m])').get(
+                _labels(instance=prom_target(prom), job="ckpt-exporter"), 0
+            )
+            >= 4
+        ),
+        60,
+        0.5,
+    ), "Prometheus did not scrape the exporter's checkpoints"
+
+    # Every expression of the dashboard succeeds, as an instant query and (time series panels) as
+    # a range query.
+    targets = dashboard_targets()
+    assert len(targets) == 43
+    for title, ref, expr, instant in targets:
+        prom.query(expr, f"{title} {ref}")
+        if not instant:
+            prom.query_range(expr, f"{title} {ref}")
+
+    # Every alert expression succeeds, and Prometheus evaluates every rule without error.
+    for alert, expr in rule_exprs():
+        prom.query(expr, alert)
+    assert wait_for(lambda: all(r.get("lastEvaluation", "").startswith("20") for r in all_rules(prom)), 20)
+    rules = all_rules(prom)
+    assert len(rules) == len(rule_exprs()) == 8
+    for rule in rules:
+        assert rule["health"] == "ok" and not rule.get("lastError"), rule
+
+    # The checkpoint panels return exactly what the fake API holds.
+    assert_checkpoint_panels_exact(prom, api)
+
+    # Health panels have data for the selected jobs.
+    job_up = prom.series(panel_query("Job polls", "A"))
+    assert job_up == {
+        **{_labels(job_id=j): 1.0 for j in SELECTED if j != "ftjob-e2e-missing"},
+        _labels(job_id="ftjob-e2e-missing"): 0.0,
+    }
+    ages = prom.series(panel_query("Time since the last successful poll", "A"))
+    assert set(ages) == {_labels(job_id=j) for j in SELECTED if j != "ftjob-e2e-missing"}
+    assert all(0 <= age < 30 for age in ages.values()), ages
+    assert set(prom.series(panel_query("OpenAI API requests by endpoint and code", "A"))) >= {
+        _labels(endpoint="checkpoints", code="200"),
+        _labels(endpoint="checkpoints", code="404"),
+    }
+    errors = prom.series(panel_query("API errors by job and reason", "A"))
+    assert {dict(labels)["job_id"] for labels in errors} == {"ftjob-e2e-missing"}
+    p50 = prom.series(panel_query("Poll cycle duration", "A"))
+    assert list(p50) == [frozenset()] and p50[frozenset()] > 0
+    assert prom.series(panel_query("Exporter version", "A")) == {_labels(version=__version__): 1.0}
+
+    # The rules on real data: the two jobs whose latest validation loss rose, the unknown job,
+    # and the 404s of the checkpoints endpoint (1 request in 6 per poll) go pending; nothing else.
+    alert_a = ("CkptExporterValidLossRising", "ftjob-e2e-a", "full_valid_loss", "pending")
+    expected_alerts = {
+        alert_a,
+        ("CkptExporterValidLossRising", "ftjob-e2e-b", "valid_loss", "pending"),
+        ("CkptExporterJobDown", "ftjob-e2e-missing", "", "pending"),
+        ("CkptExporterApiErrors", "checkpoints", "", "pending"),
+    }
+    if prom.series("openai_fine_tuning_job_status"):
+        # Once the exporter reports job status: the running job without checkpoints.
+        expected_alerts.add(("CkptExporterNoNewCheckpoint", "ftjob-e2e-empty", "", "pending"))
+    assert wait_for(lambda: active_alerts(prom) == expected_alerts, 30, 0.5), active_alerts(prom)
+
+    # A new, better checkpoint: the latest-checkpoint panels follow it, the table grows, the
+    # discovery counter increases, and job a's validation-loss alert goes away.
+    api.add_checkpoint("ftjob-e2e-a", 400, {**full(400, 0.25), "full_valid_loss": 0.6})
+    assert wait_for(
+        lambda: (
+            prom.series(panel_query("Latest checkpoint step", "A")).get(_labels(job_id="ftjob-e2e-a"))
+            == 400.0
+        ),
+        30,
+        0.5,
+    )
+    assert_checkpoint_panels_exact(prom, api)
+    discovered = prom.series(
+        'max by (job_id) (ckpt_exporter_checkpoints_discovered_total{job_id="ftjob-e2e-a"})'
+    )
+    assert discovered == {_labels(job_id="ftjob-e2e-a"): 1.0}
+    assert wait_for(
+        lambda: (
+            prom.series(panel_query("Checkpoints discovered in the time range", "A")).get(
+                _labels(job_id="ftjob-e2e-a"), 0
+            )
+            >= 1
+        ),
+        20,
+        0.5,
+    )
+    assert wait_for(lambda: active_alerts(prom) == expected_alerts - {alert_a}, 30, 0.5), active_alerts(prom)
+
+
+def all_rules(prom: Prometheus) -> list[dict[str, Any]]:
+    return [rule for group in prom.get("/api/v1/rules")["groups"] for rule in group["rules"]]
+
+
+def prom_target(prom: Prometheus) -> str:
+    [target] = prom.get("/api/v1/targets")["activeTargets"]
+    return str(target["labels"]["instance"])
