@@ -179,11 +179,18 @@ volumes=()
 [ -d /etc/ssl/certs ] && volumes+=(-v /etc/ssl/certs:/etc/ssl/certs:ro)
 
 log "building $IMAGE on $BASE_IMAGE"
+previous_id=$(podman image inspect --format '{{.Id}}' "$IMAGE" 2>/dev/null || true)
 build_started=$SECONDS
-podman build --isolation=chroot --network=host "${volumes[@]}" "${build_args[@]}" \
+podman build --layers=false --isolation=chroot --network=host "${volumes[@]}" "${build_args[@]}" \
   -t "$IMAGE" . >"$workdir/build.log" 2>&1 \
   || { tail -n 40 "$workdir/build.log" >&2; fail "podman build failed"; }
 log "built in $((SECONDS - build_started)) s"
+# No layer cache (--layers=false): the source is copied before the install, so a cached build stage
+# would rarely be reused, and every rerun would leave one behind. Nor is the image this tag named
+# before kept.
+if [ -n "$previous_id" ] && [ "$previous_id" != "$(podman image inspect --format '{{.Id}}' "$IMAGE")" ]; then
+  podman rmi "$previous_id" >/dev/null 2>&1 || true
+fi
 
 # --- image configuration ------------------------------------------------------------------------
 user=$(buildah inspect --format '{{.OCIv1.Config.User}}' "$IMAGE")
