@@ -205,6 +205,17 @@ class ApiClient:
             "checkpoints", f"fine_tuning/jobs/{quote(job_id, safe='')}/checkpoints", after=after, limit=limit
         )
 
+    async def list_jobs(
+        self, *, after: str | None, limit: int, metadata: dict[str, str] | None = None
+    ) -> ListPage:
+        """A page of the account's jobs (newest first), optionally filtered by metadata."""
+        extra = {f"metadata[{key}]": value for key, value in (metadata or {}).items()}
+        return await self.list_page("jobs", "fine_tuning/jobs", after=after, limit=limit, extra=extra)
+
+    async def get_job(self, job_id: str) -> Any:
+        """One job's raw document (validated by the caller, like list items)."""
+        return await self.get_json("job", f"fine_tuning/jobs/{quote(job_id, safe='')}")
+
 
 def _error_message(response: httpx.Response) -> str:
     """The API's own error message (never echoes request headers, so never the key)."""

@@ -18,7 +18,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from ckpt_exporter import __version__
 from ckpt_exporter.api import ApiClient, ApiKeyAuth, KeySource, make_http_client
 from ckpt_exporter.exposition import RenderedJobs
-from ckpt_exporter.poller import Poller
+from ckpt_exporter.poller import Discovery, Poller, Shard
 from ckpt_exporter.selfmetrics import SelfMetrics
 from ckpt_exporter.server import MetricsApp, MetricsServer
 from ckpt_exporter.settings import Settings, SettingsError
@@ -35,6 +35,20 @@ def api_headers(settings: Settings) -> dict[str, str]:
     if settings.project:
         headers["OpenAI-Project"] = settings.project
     return headers
+
+
+def discovery_of(settings: Settings) -> Discovery | None:
+    if not settings.discover:
+        return None
+    max_age = settings.discovery_max_age_days
+    return Discovery(
+        interval=settings.discovery_interval_seconds,
+        statuses=frozenset(settings.discovery_statuses),
+        max_age_seconds=max_age * 86400.0 if max_age is not None else None,
+        metadata=dict(settings.discovery_metadata),
+        model_pattern=settings.discovery_model_pattern,
+        suffix_pattern=settings.discovery_suffix_pattern,
+    )
 
 
 class Exporter:
@@ -76,7 +90,12 @@ class Exporter:
             self.metrics,
             page_size=settings.page_size,
             full_read_every=settings.full_read_every_polls,
+            poll_interval=settings.poll_interval_seconds,
+            discovery=discovery_of(settings),
+            shard=Shard(settings.shard, settings.total_shards),
         )
+        self.metrics.shard_ordinal.set(settings.shard)
+        self.metrics.total_shards.set(settings.total_shards)
         self.poller.set_jobs(settings.jobs)
         self.server = MetricsServer(
             MetricsApp(self.jobs, self.metrics, self.poller.ready),
@@ -133,7 +152,7 @@ class Exporter:
         except SettingsError as exc:
             log.error("settings not reloaded, keeping the current ones: %s", exc)
             return
-        if settings.jobs != self.poller.job_ids:
+        if settings.jobs != self.poller.configured_job_ids():
             log.info("settings reloaded: now watching %d job(s)", len(settings.jobs))
             self.poller.set_jobs(settings.jobs)
 

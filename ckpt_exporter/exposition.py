@@ -59,6 +59,27 @@ def job_families(jobs: Iterable[JobSnapshot]) -> list[Metric]:
         "Highest step_number among the job's checkpoints.",
         labels=["job_id"],
     )
+    status = GaugeMetricFamily(
+        "openai_fine_tuning_job_status",
+        "1 for the job's current status (validating_files, queued, running, succeeded, failed, "
+        "cancelled, or any other the API reports).",
+        labels=["job_id", "status"],
+    )
+    job_info = InfoMetricFamily(
+        "openai_fine_tuning_job",
+        "Identity of a job: base model, fine-tuned model (empty until it succeeds), suffix, account.",
+        labels=["job_id"],
+    )
+    trained_tokens = GaugeMetricFamily(
+        "openai_fine_tuning_job_trained_tokens",
+        "Billable tokens the job trained on (reported once the job has finished).",
+        labels=["job_id"],
+    )
+    estimated_finish = GaugeMetricFamily(
+        "openai_fine_tuning_job_estimated_finish_timestamp_seconds",
+        "Unix time at which the API estimates a running job will finish.",
+        labels=["job_id"],
+    )
     up = GaugeMetricFamily(
         "ckpt_exporter_job_up", "1 when the latest poll of the job succeeded, else 0.", labels=["job_id"]
     )
@@ -91,13 +112,41 @@ def job_families(jobs: Iterable[JobSnapshot]) -> list[Metric]:
             )
         if job.latest_step is not None:
             latest_step.add_metric([job.job_id], float(job.latest_step))
+        if job.job is not None:
+            status.add_metric([job.job_id, job.job.status], 1.0)
+            job_info.add_metric(
+                [job.job_id],
+                {
+                    "model": job.job.model or "",
+                    "fine_tuned_model": job.job.fine_tuned_model or "",
+                    "suffix": job.job.suffix,
+                    "account": job.account,
+                },
+            )
+            if job.job.trained_tokens is not None:
+                trained_tokens.add_metric([job.job_id], float(job.job.trained_tokens))
+            if job.job.estimated_finish is not None:
+                estimated_finish.add_metric([job.job_id], float(job.job.estimated_finish))
         up.add_metric([job.job_id], 1.0 if job.up else 0.0)
         if job.last_success is not None:
             last_success.add_metric([job.job_id], job.last_success)
         discovered.add_metric([job.job_id], float(job.discovered_total))
         for reason, count in job.errors:
             errors.add_metric([job.job_id, reason], float(count))
-    return [*metrics.values(), created, info, latest_step, up, last_success, discovered, errors]
+    return [
+        *metrics.values(),
+        created,
+        info,
+        latest_step,
+        status,
+        job_info,
+        trained_tokens,
+        estimated_finish,
+        up,
+        last_success,
+        discovered,
+        errors,
+    ]
 
 
 class FamiliesCollector(Collector):

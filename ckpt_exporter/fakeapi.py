@@ -34,6 +34,38 @@ class FakeJob:
     model: str = "gpt-4o-mini-2024-07-18"
     created_at: int = field(default_factory=lambda: int(time.time()))
     checkpoints: list[dict[str, Any]] = field(default_factory=list)  # oldest first
+    events: list[dict[str, Any]] = field(default_factory=list)  # oldest first
+    suffix: str | None = None
+    metadata: dict[str, str] | None = None
+    trained_tokens: int | None = None
+    estimated_finish: int | None = None
+    finished_at: int | None = None
+
+    def document(self) -> dict[str, Any]:
+        """The job as GET /fine_tuning/jobs/{id} returns it."""
+        succeeded = self.status == "succeeded"
+        return {
+            "object": "fine_tuning.job",
+            "id": self.id,
+            "created_at": self.created_at,
+            "error": None,
+            "finished_at": self.finished_at,
+            "fine_tuned_model": f"ft:{self.model}:org:{self.suffix or ''}:{self.id[-8:]}"
+            if succeeded
+            else None,
+            "hyperparameters": {"n_epochs": 3, "batch_size": 1, "learning_rate_multiplier": 1.0},
+            "model": self.model,
+            "organization_id": "org-fake",
+            "result_files": [],
+            "status": self.status,
+            "trained_tokens": self.trained_tokens,
+            "training_file": "file-train",
+            "validation_file": "file-valid",
+            "seed": 42,
+            "estimated_finish": self.estimated_finish,
+            "metadata": self.metadata,
+            "user_provided_suffix": self.suffix,
+        }
 
 
 @dataclass(frozen=True)
@@ -62,11 +94,55 @@ class FakeApi:
 
     # -- changing the state ------------------------------------------------------------------
 
-    def add_job(self, job_id: str, *, newest_first: bool | None = None, status: str = "running") -> FakeJob:
+    def add_job(
+        self,
+        job_id: str,
+        *,
+        newest_first: bool | None = None,
+        status: str = "running",
+        created_at: int | None = None,
+        **fields: Any,
+    ) -> FakeJob:
+        """Add a job; `fields` set FakeJob attributes (model, suffix, metadata, trained_tokens...)."""
         with self._lock:
             job = FakeJob(job_id, self.newest_first if newest_first is None else newest_first, status)
+            if created_at is not None:
+                job.created_at = created_at
+            for name, value in fields.items():
+                setattr(job, name, value)
             self.jobs[job_id] = job
             return job
+
+    def update_job(self, job_id: str, **fields: Any) -> None:
+        """Change a job's attributes, e.g. update_job(id, status="succeeded", trained_tokens=1000)."""
+        with self._lock:
+            job = self.jobs[job_id]
+            for name, value in fields.items():
+                setattr(job, name, value)
+
+    def add_event(
+        self,
+        job_id: str,
+        message: str,
+        *,
+        level: str = "info",
+        data: dict[str, Any] | None = None,
+        created_at: int | None = None,
+    ) -> dict[str, Any]:
+        """Add an event; with `data` it is a metrics event (step, train_loss, ..., total_steps)."""
+        with self._lock:
+            job = self.jobs[job_id]
+            event = {
+                "object": "fine_tuning.job.event",
+                "id": f"ftevent-{next(self._ids):06d}",
+                "created_at": created_at if created_at is not None else int(time.time()),
+                "level": level,
+                "message": message,
+                "type": "metrics" if data is not None else "message",
+                "data": data if data is not None else {},
+            }
+            job.events.append(event)
+            return event
 
     def add_checkpoint(
         self,
@@ -110,8 +186,13 @@ class FakeApi:
     # -- serving -----------------------------------------------------------------------------
 
     def app(self, prefix: str = "/v1") -> web.Application:
+        """Serves the OpenAI paths (/v1/...) and Azure's (/openai/... with api-version, /openai/v1/...)."""
         app = web.Application()
-        app.router.add_get(prefix + "/fine_tuning/jobs/{job_id}/checkpoints", self._checkpoints)
+        for base in {prefix, "/v1", "/openai", "/openai/v1"}:
+            app.router.add_get(base + "/fine_tuning/jobs", self._jobs)
+            app.router.add_get(base + "/fine_tuning/jobs/{job_id}", self._job)
+            app.router.add_get(base + "/fine_tuning/jobs/{job_id}/checkpoints", self._checkpoints)
+            app.router.add_get(base + "/fine_tuning/jobs/{job_id}/events", self._events)
         return app
 
     def _check(self, request: web.Request, endpoint: str, job_id: str) -> web.Response | None:
@@ -121,11 +202,56 @@ class FakeApi:
                 self.requests.append(
                     RequestRecord(request.path, dict(request.query), dict(request.headers), time.time())
                 )
-        if self.api_key is not None and request.headers.get("Authorization") != f"Bearer {self.api_key}":
+        if request.path.startswith("/openai/"):
+            # Azure: the key in an api-key header; api-version required except on the v1 paths.
+            if not request.path.startswith("/openai/v1/") and "api-version" not in request.query:
+                return _error(404, "Resource not found (missing api-version)", "404")
+            supplied = request.headers.get("api-key")
+        else:
+            authorization = request.headers.get("Authorization", "")
+            supplied = authorization.removeprefix("Bearer ") if authorization.startswith("Bearer ") else None
+        if self.api_key is not None and supplied != self.api_key:
             return _error(401, "Incorrect API key provided.", "invalid_api_key")
-        if job_id not in self.jobs:
+        if job_id and job_id not in self.jobs:
             return _error(404, f"Could not find fine-tune: {job_id}", "fine_tune_not_found")
         return None
+
+    async def _jobs(self, request: web.Request) -> web.Response:
+        if self.latency:
+            await asyncio.sleep(self.latency)
+        if (error := self._check(request, "jobs", "")) is not None:
+            return error
+        wanted = {k[len("metadata[") : -1]: v for k, v in request.query.items() if k.startswith("metadata[")}
+        with self._lock:
+            jobs = sorted(self.jobs.values(), key=lambda j: (j.created_at, j.id), reverse=True)
+            items = [
+                job.document()
+                for job in jobs
+                if all((job.metadata or {}).get(k) == v for k, v in wanted.items())
+            ]
+        page = _page(items, request.query, default_limit=20)
+        return web.json_response({"object": "list", "data": page["data"], "has_more": page["has_more"]})
+
+    async def _job(self, request: web.Request) -> web.Response:
+        if self.latency:
+            await asyncio.sleep(self.latency)
+        job_id = request.match_info["job_id"]
+        if (error := self._check(request, "job", job_id)) is not None:
+            return error
+        with self._lock:
+            return web.json_response(self.jobs[job_id].document())
+
+    async def _events(self, request: web.Request) -> web.Response:
+        if self.latency:
+            await asyncio.sleep(self.latency)
+        job_id = request.match_info["job_id"]
+        if (error := self._check(request, "events", job_id)) is not None:
+            return error
+        with self._lock:
+            job = self.jobs[job_id]
+            items = list(reversed(job.events)) if job.newest_first else list(job.events)
+        page = _page(items, request.query, default_limit=20)
+        return web.json_response({"object": "list", "data": page["data"], "has_more": page["has_more"]})
 
     async def _checkpoints(self, request: web.Request) -> web.Response:
         if self.latency:
@@ -139,9 +265,9 @@ class FakeApi:
         return web.json_response(_page(items, request.query))
 
 
-def _page(items: list[dict[str, Any]], query: Any) -> dict[str, Any]:
+def _page(items: list[dict[str, Any]], query: Any, default_limit: int = 10) -> dict[str, Any]:
     """One page after the `after` cursor, `limit` long, as the API's list endpoints return it."""
-    limit = int(query.get("limit", 10))
+    limit = int(query.get("limit", default_limit))
     after = query.get("after")
     start = 0
     if after is not None:

@@ -67,3 +67,39 @@ def parse_checkpoint(raw: Any) -> Checkpoint | ValidationError:
         return Checkpoint.model_validate(raw)
     except ValidationError as exc:
         return exc
+
+
+TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+NOT_STARTED_STATUSES = frozenset({"validating_files", "queued"})  # no checkpoints yet
+
+
+class FineTuningJob(BaseModel):
+    """A job as GET /fine_tuning/jobs and /fine_tuning/jobs/{id} return it (the fields we use).
+
+    `status` is kept as a string: the API has statuses outside its documented enum (`paused`).
+    """
+
+    model_config = ConfigDict(strict=True, frozen=True, extra="ignore", allow_inf_nan=False)
+
+    id: str = Field(min_length=1)
+    status: str = Field(min_length=1)
+    created_at: int
+    model: str | None = None
+    fine_tuned_model: str | None = None
+    finished_at: int | None = None
+    trained_tokens: int | None = None
+    estimated_finish: int | None = None
+    user_provided_suffix: str | None = None
+    metadata: dict[str, str] | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+    @property
+    def suffix(self) -> str:
+        """The user's suffix: given as user_provided_suffix, or the 4th part of ft:base:org:suffix:id."""
+        if self.user_provided_suffix:
+            return self.user_provided_suffix
+        parts = (self.fine_tuned_model or "").split(":")
+        return parts[3] if len(parts) >= 5 and parts[0] == "ft" else ""

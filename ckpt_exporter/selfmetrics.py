@@ -22,13 +22,13 @@ from prometheus_client.openmetrics.exposition import generate_latest as render_o
 
 from ckpt_exporter import __version__
 
-ENDPOINTS = ("checkpoints",)  # API endpoints the exporter calls, pre-created at zero
+ENDPOINTS = ("checkpoints", "jobs", "job")  # API endpoints the exporter calls, pre-created at zero
 
 
 class SelfMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         # No *_created series: they double the self-metrics and no dashboard or rule uses them.
-        disable_created_metrics()
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = registry or CollectorRegistry(auto_describe=True)
         # The standard process/platform/GC collectors, as prometheus_client's default registry has.
         for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
@@ -51,6 +51,13 @@ class SelfMetrics:
             registry=self.registry,
         )
         self.jobs = Gauge("ckpt_exporter_jobs", "Jobs the exporter watches.", registry=self.registry)
+        self.shard_ordinal = Gauge(
+            "ckpt_exporter_shard_ordinal", "This replica's shard (0-based).", registry=self.registry
+        )
+        self.total_shards = Gauge(
+            "ckpt_exporter_total_shards", "Shards the jobs are divided into.", registry=self.registry
+        )
+        self.total_shards.set(1)
 
     def observe_request(self, endpoint: str, code: str) -> None:
         self.api_requests.labels(endpoint, code).inc()

@@ -68,6 +68,20 @@ class Settings(BaseSettings):
     page_size: int = Field(20, ge=1, le=100)
     request_timeout_seconds: float = Field(30.0, gt=0)
     max_retries: int = Field(2, ge=0, le=10)
+    # Discovery: list the account's jobs and watch those that match (jobs above are always watched).
+    discover: bool = False
+    discovery_interval_seconds: float = Field(300.0, ge=0.1)
+    discovery_statuses: Annotated[list[str], NoDecode] = Field(default_factory=list)  # empty: any
+    discovery_max_age_days: float | None = Field(30.0, gt=0)  # jobs created within; null: any age
+    discovery_metadata: dict[str, str] = Field(default_factory=dict)  # the API's metadata filter
+    discovery_model_pattern: str | None = None  # glob on the base model, e.g. gpt-4o-mini*
+    discovery_suffix_pattern: str | None = None  # glob on the user's suffix
+    # Sharding, as kube-state-metrics does it: this replica exports the jobs with
+    # md5(job_id) mod total_shards == shard. shard_from_pod_name takes the shard from the ordinal
+    # at the end of the StatefulSet pod's name (POD_NAME, else HOSTNAME).
+    shard: int = Field(0, ge=0)
+    total_shards: int = Field(1, ge=1)
+    shard_from_pod_name: bool = False
     log_level: LogLevel = "INFO"
     log_format: Literal["text", "json"] = "text"
 
@@ -78,9 +92,9 @@ class Settings(BaseSettings):
             raise ValueError("must be an http:// or https:// URL")
         return value.rstrip("/")
 
-    @field_validator("jobs", mode="before")
+    @field_validator("jobs", "discovery_statuses", mode="before")
     @classmethod
-    def _split_jobs(cls, value: Any) -> Any:
+    def _split_list(cls, value: Any) -> Any:
         if isinstance(value, str):
             text = value.strip()
             if text.startswith("["):
@@ -101,6 +115,16 @@ class Settings(BaseSettings):
                 )
         return list(dict.fromkeys(value))  # drop duplicates, keep order
 
+    @field_validator("discovery_metadata", mode="before")
+    @classmethod
+    def _json_object(cls, value: Any) -> Any:
+        if isinstance(value, str):  # from a flag; the environment source decodes JSON itself
+            try:
+                return json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"not a JSON object ({exc.msg})") from None
+        return value
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper_level(cls, value: Any) -> Any:
@@ -115,6 +139,18 @@ class Settings(BaseSettings):
     def _key_file_exists(self) -> Settings:
         if self.api_key_file is not None and not self.api_key_file.is_file():
             raise ValueError(f"api_key_file: {self.api_key_file} is not a readable file")
+        return self
+
+    @model_validator(mode="after")
+    def _shard_in_range(self) -> Settings:
+        if self.shard_from_pod_name:
+            pod = os.environ.get("POD_NAME") or os.environ.get("HOSTNAME") or ""
+            match = re.search(r"-(\d+)$", pod)
+            if match is None:
+                raise ValueError(f"shard_from_pod_name: pod name {pod!r} does not end in -<ordinal>")
+            self.shard = int(match.group(1))
+        if self.shard >= self.total_shards:
+            raise ValueError(f"shard: {self.shard} is not below total_shards ({self.total_shards})")
         return self
 
     @classmethod
@@ -146,8 +182,11 @@ class Settings(BaseSettings):
             )
         if self.api_key_file is not None and self.read_api_key() is None:
             raise SettingsError(f"api_key_file: {self.api_key_file} is empty")
-        if not self.jobs:
-            raise SettingsError("jobs: no job to watch; set CKPT_EXPORTER_JOBS (comma-separated job ids)")
+        if not self.jobs and not self.discover:
+            raise SettingsError(
+                "jobs: no job to watch; set CKPT_EXPORTER_JOBS (comma-separated job ids) "
+                "or CKPT_EXPORTER_DISCOVER=true"
+            )
 
     def masked(self) -> dict[str, Any]:
         """The effective settings as plain data, with the key masked (for check-config)."""
@@ -205,7 +244,10 @@ def _field_name(loc: str) -> str:
 def describe_validation_error(exc: ValidationError) -> str:
     parts = []
     for error in exc.errors():
-        name = _field_name(str(error["loc"][0])) if error["loc"] else "settings"
+        if not error["loc"]:  # a check across settings; its message starts with the setting's name
+            parts.append("invalid setting " + str(error["msg"]).removeprefix("Value error, "))
+            continue
+        name = _field_name(str(error["loc"][0]))
         if name in Settings.model_fields:
             env = ENV_PREFIX + name.upper()
             where = f"{name} ({env})"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ckpt_exporter.models import Checkpoint
+from ckpt_exporter.models import Checkpoint, FineTuningJob
 
 
 @dataclass(frozen=True)
@@ -21,6 +21,8 @@ class JobSnapshot:
     last_success: float | None = None  # unix time of the latest successful poll
     discovered_total: int = 0  # checkpoints that appeared after the first read
     errors: tuple[tuple[str, int], ...] = field(default=())  # (reason, count), sorted by reason
+    job: FineTuningJob | None = None  # the job's latest status document, once read
+    account: str = "default"
 
     @property
     def latest_step(self) -> int | None:

@@ -89,6 +89,16 @@ def expected_checkpoint_samples(api: FakeApi) -> Samples:
             expected[("openai_fine_tuning_job_latest_step", frozenset({("job_id", job.id)}))] = max(
                 c["step_number"] for c in job.checkpoints
             )
+        document = job.document()
+        expected[("openai_fine_tuning_job_status", frozenset({("job_id", job.id), ("status", job.status)}))] = 1.0
+        info = {
+            "job_id": job.id,
+            "model": document["model"],
+            "fine_tuned_model": document["fine_tuned_model"] or "",
+            "suffix": document["user_provided_suffix"] or "",
+            "account": "default",
+        }
+        expected[("openai_fine_tuning_job_info", frozenset(info.items()))] = 1.0
     return expected
 
 
@@ -131,7 +141,8 @@ def test_six_jobs_exact_samples_new_checkpoint_and_steady_state_cost(newest_firs
             assert up == {("ckpt_exporter_job_up", frozenset({("job_id", j)})): 1.0 for j in api.jobs}
             # The first read of 12 checkpoints at page_size 5 walks 3 pages.
             assert api.count("checkpoints", "ftjob-twelve") >= 3
-            assert all(r.query.get("limit") == "5" for r in api.requests[:6])
+            first_reads = [r for r in api.requests if r.path.endswith("/checkpoints")][:6]
+            assert [r.query.get("limit") for r in first_reads] == ["5"] * 6
 
             # A checkpoint added to the API shows within the poll interval + 2 s.
             added = api.add_checkpoint("ftjob-three", 400, metrics_for(400))
@@ -163,6 +174,8 @@ def test_six_jobs_exact_samples_new_checkpoint_and_steady_state_cost(newest_firs
             for job_id, count in counts.items():
                 # +1: a poll may have been in flight at either end of the window.
                 assert polls - 1 <= count <= polls + 1, (job_id, count, polls)
+            # The statuses of all six jobs: one listing request per poll.
+            assert polls - 1 <= api.count("jobs", "") <= polls + 1
             assert exported(exporter) == expected_checkpoint_samples(api)
         finally:
             output = exporter.stop()

@@ -7,7 +7,7 @@ import re
 from prometheus_client.parser import text_string_to_metric_families
 
 from ckpt_exporter.exposition import RenderedJobs
-from ckpt_exporter.models import Checkpoint
+from ckpt_exporter.models import Checkpoint, FineTuningJob
 from ckpt_exporter.selfmetrics import SelfMetrics
 from ckpt_exporter.server import MetricsApp
 from ckpt_exporter.snapshot import JobSnapshot
@@ -46,7 +46,10 @@ def served() -> dict[str, tuple[str, frozenset[str]]]:
         }
     )
     jobs = RenderedJobs()
-    jobs.update(JobSnapshot("j", (checkpoint,), True, True, 1.0, 1, (("timeout", 1),)))
+    job = FineTuningJob.model_validate(
+        {"id": "j", "status": "running", "created_at": 1, "trained_tokens": 5, "estimated_finish": 9}
+    )
+    jobs.update(JobSnapshot("j", (checkpoint,), True, True, 1.0, 1, (("timeout", 1),), job=job))
     metrics = SelfMetrics()
     metrics.poll_duration.observe(1)
     body, _ = MetricsApp(jobs, metrics, lambda: True).metrics_response("", "")
