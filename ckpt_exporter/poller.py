@@ -397,9 +397,19 @@ class Poller:
             await self._statuses_from_listing(pending)
         if pending:
             await asyncio.gather(*(self._status_of(job) for job in pending.values()))
-        # A job that has just finished gets its final read now rather than at the next tick.
-        finishing = self._dispatch(only=lambda job: job.status in TERMINAL_STATUSES)
-        await asyncio.gather(*finishing, return_exceptions=True)
+
+        # A job that has just finished gets its final read in this tick (after a poll of it that
+        # started before we knew), rather than at the next one.
+        def finishing(job: _Job) -> bool:
+            return job.status in TERMINAL_STATUSES and not job.final_read_done
+
+        started = [
+            self._in_flight[j.job_id]
+            for j in self._jobs.values()
+            if finishing(j) and j.job_id in self._in_flight
+        ]
+        await asyncio.gather(*started, return_exceptions=True)
+        await asyncio.gather(*self._dispatch(only=finishing), return_exceptions=True)
 
     async def _statuses_from_listing(self, pending: dict[str, _Job]) -> None:
         """Walk the listing until every pending job is seen (or it is older than all of them)."""
