@@ -397,14 +397,14 @@ def test_dashboard_and_alert_queries_against_real_prometheus(
     assert list(p50) == [frozenset()] and p50[frozenset()] > 0
     assert prom.series(panel_query("Exporter version", "A")) == {_labels(version=__version__): 1.0}
 
-    # The rules on real data: the two jobs whose latest validation loss rose, the unknown job,
-    # and the 404s of the checkpoints endpoint (1 request in 6 per poll) go pending; nothing else.
+    # The rules on real data: the two jobs whose latest validation loss rose and the unknown job go
+    # pending; nothing else. (The unknown job's 404s back off exponentially, so they stay far below
+    # CkptExporterApiErrors' 10% share; promtool's unit tests cover that rule firing.)
     alert_a = ("CkptExporterValidLossRising", "ftjob-e2e-a", "full_valid_loss", "pending")
     expected_alerts = {
         alert_a,
         ("CkptExporterValidLossRising", "ftjob-e2e-b", "valid_loss", "pending"),
         ("CkptExporterJobDown", "ftjob-e2e-missing", "", "pending"),
-        ("CkptExporterApiErrors", "checkpoints", "", "pending"),
     }
     if prom.series("openai_fine_tuning_job_status"):
         # Once the exporter reports job status: the running job without checkpoints.
