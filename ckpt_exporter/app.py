@@ -77,6 +77,7 @@ class Exporter:
             headers=api_headers(settings),
             timeout=settings.request_timeout_seconds,
             max_connections=settings.max_concurrency,
+            transport=settings.http_transport,
         )
         self.client = ApiClient(
             self.http,

@@ -67,6 +67,8 @@ class Settings(BaseSettings):
     max_concurrency: int = Field(16, ge=1, le=1024)
     page_size: int = Field(20, ge=1, le=100)
     request_timeout_seconds: float = Field(30.0, gt=0)
+    # httpx's API on aiohttp's transport by default: a third of the CPU per request (docs/benchmarks.md).
+    http_transport: Literal["aiohttp", "httpx"] = "aiohttp"
     max_retries: int = Field(2, ge=0, le=10)
     # Discovery: list the account's jobs and watch those that match (jobs above are always watched).
     discover: bool = False
