@@ -19,6 +19,7 @@ import itertools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 from pydantic import ValidationError
 
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 FetchPage = Callable[[str | None, int], Awaitable[ListPage]]  # (after, limit) -> page
 MAX_PAGES = 10_000  # a safety net far above any real job (OpenAI keeps the last 3 epochs)
 MAX_LIMIT = 100  # the largest `limit` a reconciling read asks for
+T = TypeVar("T")
 
 
 class Order(enum.Enum):
@@ -69,6 +71,10 @@ class DiffResult:
     @property
     def changed(self) -> bool:
         return bool(self.new or self.removed)
+
+    def absorb(self, walker: PageWalker[Checkpoint]) -> None:
+        self.requests += walker.requests
+        self.rejected.extend(walker.rejected)
 
 
 class CheckpointDiff:
@@ -113,9 +119,10 @@ class CheckpointDiff:
     async def _full_read(self, fetch: FetchPage, result: DiffResult) -> None:
         listed: list[Checkpoint] = []
         limit = min(max(self.page_size, len(self.known) + 1), MAX_LIMIT)
-        walker = PageWalker(self.job_id, fetch, None, limit, result)
+        walker = self._walker(fetch, None, limit)
         while (page := await walker.next_page()) is not None:
             listed.extend(page)
+        result.absorb(walker)
         seen = {c.id: c for c in listed}
         result.new = [c for c in seen.values() if c.id not in self.known]
         result.removed = [cid for cid in self.known if cid not in seen]
@@ -127,13 +134,14 @@ class CheckpointDiff:
     async def _read_newest_first(self, fetch: FetchPage, result: DiffResult) -> None:
         found_known = False
         new: list[Checkpoint] = []
-        walker = PageWalker(self.job_id, fetch, None, self.page_size, result)
+        walker = self._walker(fetch, None, self.page_size)
         while not found_known and (page := await walker.next_page()) is not None:
             for item in page:
                 if item.id in self.known:
                     found_known = True
                     break
                 new.append(item)
+        result.absorb(walker)
         if not found_known:
             # We read the whole list without meeting a known id: it is a full read after all.
             removed = list(self.known)
@@ -147,10 +155,14 @@ class CheckpointDiff:
         newest = self.newest()
         assert newest is not None  # the order is only known once checkpoints are
         new: list[Checkpoint] = []
-        walker = PageWalker(self.job_id, fetch, newest.id, self.page_size, result)
+        walker = self._walker(fetch, newest.id, self.page_size)
         while (page := await walker.next_page()) is not None:
             new.extend(item for item in page if item.id not in self.known)
+        result.absorb(walker)
         self._apply_new(new, result)
+
+    def _walker(self, fetch: FetchPage, after: str | None, limit: int) -> PageWalker[Checkpoint]:
+        return PageWalker(fetch, after, limit, checkpoint_parser(self.job_id))
 
     def _apply_new(self, new: list[Checkpoint], result: DiffResult) -> None:
         for item in new:
@@ -159,54 +171,64 @@ class CheckpointDiff:
         self._polls_since_full_read += 1
 
 
-class PageWalker:
-    """Walks a list page by page (`after` = last id of the previous page), validating each item.
+class PageWalker(Generic[T]):
+    """Walks a list page by page (`after` = last id of the previous page), parsing each item.
 
-    Items that fail validation or belong to another job are rejected (and reported), the rest of
-    the page is kept. A cursor seen twice, or an empty page that claims more, is a pagination loop.
+    Items that `parse` rejects are reported in `rejected`, the rest of the page is kept. A cursor
+    seen twice, or an empty page that claims more, is a pagination loop.
     """
 
     def __init__(
-        self, job_id: str, fetch: FetchPage, after: str | None, limit: int, result: DiffResult
+        self, fetch: FetchPage, after: str | None, limit: int, parse: Callable[[object], T | Rejected]
     ) -> None:
-        self._job_id = job_id
         self._fetch = fetch
         self._after = after
         self._limit = limit
-        self._result = result
+        self._parse = parse
         self._cursors: set[str | None] = {after}
         self._done = False
-        self._pages = 0
+        self.requests = 0
+        self.rejected: list[Rejected] = []
 
-    async def next_page(self) -> list[Checkpoint] | None:
+    async def next_page(self) -> list[T] | None:
         if self._done:
             return None
         page = await self._fetch(self._after, self._limit)
-        self._result.requests += 1
-        self._pages += 1
-        items = [self._validate(raw) for raw in page.data]
-        valid = [item for item in items if item is not None]
+        self.requests += 1
+        valid = []
+        for raw in page.data:
+            item = self._parse(raw)
+            if isinstance(item, Rejected):
+                self.rejected.append(item)
+            else:
+                valid.append(item)
         if not page.has_more:
             self._done = True
             return valid
         last = page.data[-1] if page.data else None
         cursor = last.get("id") if isinstance(last, dict) else None
-        if not isinstance(cursor, str) or cursor in self._cursors or self._pages >= MAX_PAGES:
+        if not isinstance(cursor, str) or cursor in self._cursors or self.requests >= MAX_PAGES:
             raise ApiError("pagination_loop", "the list claims more pages but gives no new cursor")
         self._cursors.add(cursor)
         self._after = cursor
         return valid
 
-    def _validate(self, raw: object) -> Checkpoint | None:
+
+def checkpoint_parser(job_id: str) -> Callable[[object], Checkpoint | Rejected]:
+    """Validates a checkpoint of `job_id`; anything else is rejected with a bounded reason."""
+
+    def parse(raw: object) -> Checkpoint | Rejected:
         parsed = parse_checkpoint(raw)
         if isinstance(parsed, ValidationError):
-            first = parsed.errors()[0]
-            where = ".".join(str(part) for part in first["loc"]) or "checkpoint"
-            self._result.rejected.append(Rejected("invalid_checkpoint", f"{where}: {first['msg']}"))
-            return None
-        if parsed.fine_tuning_job_id != self._job_id:
-            self._result.rejected.append(
-                Rejected("wrong_job", f"checkpoint {parsed.id} belongs to another job")
-            )
-            return None
+            return Rejected("invalid_checkpoint", describe(parsed))
+        if parsed.fine_tuning_job_id != job_id:
+            return Rejected("wrong_job", f"checkpoint {parsed.id} belongs to another job")
         return parsed
+
+    return parse
+
+
+def describe(error: ValidationError) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "item"
+    return f"{where}: {first['msg']}"

@@ -282,14 +282,15 @@ class Poller:
         self._count(job, exc.reason)
         now = self._clock()
         if exc.status == 404:
-            job.not_found += 1
-            delay = min(self._poll_interval * 2 ** (job.not_found - 1), NOT_FOUND_MAX_BACKOFF)
-            job.not_before = now + delay
-            log.warning(
-                "job %s: not found (HTTP 404): it does not exist or was deleted; next try in %.0fs",
-                job.job_id,
-                delay,
-            )
+            if now >= job.not_before:  # not a second 404 of the same poll (status and checkpoints)
+                job.not_found += 1
+                delay = min(self._poll_interval * 2 ** (job.not_found - 1), NOT_FOUND_MAX_BACKOFF)
+                job.not_before = now + delay
+                log.warning(
+                    "job %s: not found (HTTP 404): it does not exist or was deleted; next try in %.0fs",
+                    job.job_id,
+                    delay,
+                )
             job.last_error = exc.reason
         elif exc.status in (401, 403):
             self._auth_failed(exc)
