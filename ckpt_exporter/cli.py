@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ckpt_exporter import __version__
+from ckpt_exporter.logging_setup import setup_logging
 from ckpt_exporter.settings import (
     Settings,
     SettingsError,
@@ -26,33 +27,6 @@ from ckpt_exporter.settings import (
 )
 
 EXIT_CONFIG = 2
-
-
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
-
-
-def setup_logging(level: str, fmt: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    # The HTTP libraries log every request at INFO; keep that for DEBUG.
-    for noisy in ("httpx", "httpcore", "apscheduler", "aiohttp"):
-        logging.getLogger(noisy).setLevel(level if level == "DEBUG" else "WARNING")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     if command == "check-config":
         print(json.dumps(settings.masked(), indent=2))
         return 0
-    setup_logging(settings.log_level, settings.log_format)
+    setup_logging(settings.log_level, settings.log_format, secrets=[settings.read_api_key()])
     return _run(
         settings,
         reload_settings=lambda: load_settings(_settings_values(args), args.config),
