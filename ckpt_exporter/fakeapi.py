@@ -16,10 +16,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import json
 import random
+import socket
+import struct
 import threading
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,7 +80,263 @@ class RequestRecord:
     at: float
 
 
-class FakeApi:
+# -- fault injection: what can go wrong with a response, for the exporter's resilience tests ----
+#
+#     api.inject("ftjob-1", Fault.http(429, {"Retry-After": "2"}), times=3)
+#     api.inject("ftjob-1", "malformed_json", endpoint="checkpoints")
+#     api.inject(None, "reset", times=None)        # every request, until api.clear_faults()
+#
+# A fault applies to the requests of one job (None: any request, the jobs listing included), on
+# one endpoint (checkpoints, job, events, jobs; None: any), `times` times (None: until cleared).
+# The request is handled first (it is counted and logged, and a wrong key or an unknown job still
+# answer 401 / 404 without using up the fault); the fault then replaces or alters the answer.
+
+FAULT_KINDS = {
+    # the response
+    "http": "an error status with the API's error body and the given headers",
+    "hang": "no answer for `seconds` (or until the client gives up), then the normal one",
+    "reset": "the connection is reset (RST) without an answer",
+    "close": "the connection is closed without an answer",
+    "truncated": "200 with a Content-Length larger than the body, then the connection closes",
+    "malformed_json": "200 with a body that is not JSON",
+    "echo_auth": "400 whose error message echoes the request's credentials (a careless proxy)",
+    "headers": "the normal answer with extra headers (x-ratelimit-*, say)",
+    # the page (checkpoints): one bad item is added first, the valid items stay
+    "wrong_types": "a checkpoint whose train_loss is a string",
+    "metrics_not_object": "a checkpoint whose metrics is a list",
+    "missing_id": "a checkpoint without id",
+    "missing_step": "a checkpoint without step_number",
+    "nan": "a checkpoint whose train_loss is the JSON literal NaN",
+    "infinity": "a checkpoint whose valid_loss is the JSON literal Infinity",
+    "other_job": "a checkpoint of another job",
+    # the page as a whole
+    "huge_page": "`items` checkpoints in one page (far more than asked for; megabytes)",
+    "repeated_cursor": "has_more true, and the page ends with the cursor the client sent",
+    "empty_page_more": "an empty page with has_more true",
+}
+ITEM_FAULTS = frozenset(
+    {"wrong_types", "metrics_not_object", "missing_id", "missing_step", "nan", "infinity", "other_job"}
+)
+
+
+@dataclass(frozen=True)
+class Fault:
+    kind: str
+    status: int = 500
+    headers: tuple[tuple[str, str], ...] = ()
+    seconds: float = 30.0
+    items: int = 50_000
+
+    def __post_init__(self) -> None:
+        if self.kind not in FAULT_KINDS:
+            raise ValueError(f"unknown fault {self.kind!r}; one of {', '.join(FAULT_KINDS)}")
+
+    @classmethod
+    def http(cls, status: int, headers: dict[str, str] | None = None) -> Fault:
+        return cls("http", status=status, headers=tuple((headers or {}).items()))
+
+    @classmethod
+    def hang(cls, seconds: float) -> Fault:
+        return cls("hang", seconds=seconds)
+
+    @classmethod
+    def with_headers(cls, headers: dict[str, str]) -> Fault:
+        return cls("headers", headers=tuple(headers.items()))
+
+    @classmethod
+    def huge_page(cls, items: int = 50_000) -> Fault:
+        return cls("huge_page", items=items)
+
+
+@dataclass
+class _FaultRule:
+    fault: Fault
+    job_id: str | None
+    endpoint: str | None
+    times: int | None
+
+
+@dataclass(frozen=True)
+class ServedFault:
+    at: float
+    endpoint: str
+    job_id: str
+    kind: str
+
+
+class _FaultInjection:
+    """FakeApi's fault schedule and the middleware that serves it."""
+
+    jobs: dict[str, FakeJob]
+    _lock: threading.Lock
+
+    def _init_faults(self) -> None:
+        self._fault_rules: list[_FaultRule] = []
+        self.faults_served: list[ServedFault] = []
+
+    def inject(
+        self, job_id: str | None, fault: Fault | str, *, times: int | None = 1, endpoint: str | None = None
+    ) -> None:
+        """Serve `fault` to the next `times` matching requests (None: until clear_faults)."""
+        rule = _FaultRule(Fault(fault) if isinstance(fault, str) else fault, job_id, endpoint, times)
+        with self._lock:
+            self._fault_rules.append(rule)
+
+    def clear_faults(self, job_id: str | None = None) -> None:
+        """Drop the faults still scheduled (for one job's rules, or all)."""
+        with self._lock:
+            self._fault_rules = [r for r in self._fault_rules if job_id is not None and r.job_id != job_id]
+
+    def served(self, job_id: str | None = None) -> list[ServedFault]:
+        with self._lock:
+            return [s for s in self.faults_served if job_id is None or s.job_id == job_id]
+
+    def _take_fault(self, endpoint: str, job_id: str) -> Fault | None:
+        with self._lock:
+            for rule in self._fault_rules:
+                if rule.job_id not in (None, job_id) or rule.endpoint not in (None, endpoint):
+                    continue
+                if rule.times is not None:
+                    rule.times -= 1
+                    if rule.times <= 0:
+                        self._fault_rules.remove(rule)
+                self.faults_served.append(ServedFault(time.time(), endpoint, job_id, rule.fault.kind))
+                return rule.fault
+        return None
+
+    @web.middleware
+    async def _fault_middleware(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        response = await handler(request)
+        if response.status >= 400 or not isinstance(response, web.Response):
+            return response
+        job_id = request.match_info.get("job_id", "")
+        endpoint = (
+            request.path.rsplit("/", 1)[-1] if request.path.endswith(("/checkpoints", "/events")) else ""
+        )
+        endpoint = endpoint or ("job" if job_id else "jobs")
+        fault = self._take_fault(endpoint, job_id)
+        if fault is None:
+            return response
+        return await self._fault_response(request, response, fault, job_id)
+
+    async def _fault_response(
+        self, request: web.Request, response: web.Response, fault: Fault, job_id: str
+    ) -> web.StreamResponse:
+        kind = fault.kind
+        if kind == "http":
+            error = _error(fault.status, f"Simulated fault: HTTP {fault.status}", f"fault_{fault.status}")
+            error.headers.update(dict(fault.headers))
+            return error
+        if kind == "hang":
+            deadline = time.monotonic() + fault.seconds
+            while time.monotonic() < deadline and not _client_gone(request):
+                await asyncio.sleep(0.05)
+            return response
+        if kind in ("reset", "close"):
+            _drop_connection(request, reset=kind == "reset")
+            raise asyncio.CancelledError  # aiohttp's way for a handler to end with no answer
+        if kind == "truncated":
+            body = response.body if isinstance(response.body, bytes) else b"{}"
+            truncated = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+            truncated.content_length = len(body) + 1000
+            await truncated.prepare(request)
+            await truncated.write(body[: len(body) // 2])
+            _drop_connection(request, reset=False)
+            return truncated
+        if kind == "malformed_json":
+            return web.Response(
+                body=b'{"object": "list", "data": [{"id": "ftckpt_', content_type="application/json"
+            )
+        if kind == "echo_auth":
+            headers = request.headers
+            seen = f"Authorization: {headers.get('Authorization')}, api-key: {headers.get('api-key')}"
+            return _error(400, f"Could not parse the request (headers: {seen})", "invalid_request")
+        if kind == "headers":
+            response.headers.update(dict(fault.headers))
+            return response
+        assert isinstance(response.body, bytes)
+        document = self._fault_page(fault, json.loads(response.body), job_id, request.query.get("after"))
+        return web.json_response(document)  # json.dumps writes NaN and Infinity as those literals
+
+    def _fault_page(
+        self, fault: Fault, page: dict[str, Any], job_id: str, after: str | None
+    ) -> dict[str, Any]:
+        data: list[Any] = list(page.get("data", []))
+        if fault.kind in ITEM_FAULTS:
+            data.insert(0, _bad_checkpoint(fault.kind, job_id))
+        elif fault.kind == "huge_page":
+            data = [_checkpoint_like(job_id, n, f"ftckpt_huge{n:06d}") for n in range(1, fault.items + 1)]
+            page["has_more"] = False
+        elif fault.kind == "repeated_cursor":
+            with self._lock:
+                known = (
+                    [c for c in self.jobs[job_id].checkpoints if c["id"] == after]
+                    if job_id in self.jobs
+                    else []
+                )
+            if known:
+                data.append(dict(known[0]))  # the page ends with the cursor already used
+            page["has_more"] = True
+        elif fault.kind == "empty_page_more":
+            data, page["has_more"] = [], True
+        page["data"] = data
+        if "first_id" in page:
+            page["first_id"] = data[0].get("id") if data and isinstance(data[0], dict) else None
+            page["last_id"] = data[-1].get("id") if data and isinstance(data[-1], dict) else None
+        return page
+
+
+def _client_gone(request: web.Request) -> bool:
+    return request.transport is None or request.transport.is_closing()
+
+
+def _drop_connection(request: web.Request, *, reset: bool) -> None:
+    transport = request.transport
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if reset and sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        transport.abort()
+    else:
+        transport.close()
+
+
+def _checkpoint_like(job_id: str, step: int, checkpoint_id: str) -> dict[str, Any]:
+    return {
+        "object": "fine_tuning.job.checkpoint",
+        "id": checkpoint_id,
+        "created_at": 1_700_000_000 + step,
+        "fine_tuned_model_checkpoint": f"ft:gpt-4o-mini-2024-07-18:org::{job_id[-8:]}:ckpt-step-{step}",
+        "fine_tuning_job_id": job_id,
+        "metrics": {"step": step, "train_loss": 0.5, "valid_loss": 0.6},
+        "step_number": step,
+    }
+
+
+def _bad_checkpoint(kind: str, job_id: str) -> dict[str, Any]:
+    """A checkpoint that is wrong in the way `kind` says (and in no other)."""
+    item = _checkpoint_like(job_id, 999_999, f"ftckpt_bad_{kind}")
+    if kind == "wrong_types":
+        item["metrics"]["train_loss"] = "0.5"
+    elif kind == "metrics_not_object":
+        item["metrics"] = [0.5, 0.6]
+    elif kind == "missing_id":
+        del item["id"]
+    elif kind == "missing_step":
+        del item["step_number"]
+    elif kind == "nan":
+        item["metrics"]["train_loss"] = float("nan")
+    elif kind == "infinity":
+        item["metrics"]["valid_loss"] = float("inf")
+    elif kind == "other_job":
+        item["fine_tuning_job_id"] = "ftjob-someone-else"
+    return item
+
+
+class FakeApi(_FaultInjection):
     """The API's state; safe to change from any thread while the server runs."""
 
     def __init__(
@@ -91,6 +351,7 @@ class FakeApi:
         self.request_counts: Counter[tuple[str, str]] = Counter()  # (endpoint, job_id)
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
+        self._init_faults()
 
     # -- changing the state ------------------------------------------------------------------
 
@@ -187,7 +448,7 @@ class FakeApi:
 
     def app(self, prefix: str = "/v1") -> web.Application:
         """Serves the OpenAI paths (/v1/...) and Azure's (/openai/... with api-version, /openai/v1/...)."""
-        app = web.Application()
+        app = web.Application(middlewares=[self._fault_middleware])
         for base in {prefix, "/v1", "/openai", "/openai/v1"}:
             app.router.add_get(base + "/fine_tuning/jobs", self._jobs)
             app.router.add_get(base + "/fine_tuning/jobs/{job_id}", self._job)
@@ -338,6 +599,7 @@ class SimulatedTraining:
     """A few jobs that each gain a checkpoint every few seconds, with falling losses."""
 
     KEEP = 6  # checkpoints the simulated API retains per job
+    TOTAL_STEPS = 100_000
 
     def __init__(self, api: FakeApi, jobs: int = 3, every_seconds: float = 5.0, seed: int = 7) -> None:
         self.api = api
@@ -376,6 +638,17 @@ class SimulatedTraining:
                 "full_valid_mean_token_accuracy": round(min(0.98, 0.53 + progress * 0.38), 4),
             },
             created_at=int(time.time()),
+        )
+        self.api.add_event(
+            job_id,
+            f"Step {step}/{self.TOTAL_STEPS}: training loss={train_loss}",
+            data={
+                "step": step,
+                "total_steps": self.TOTAL_STEPS,
+                "train_loss": train_loss,
+                "valid_loss": valid_loss,
+                "train_mean_token_accuracy": round(min(0.99, 0.55 + progress * 0.4), 4),
+            },
         )
         # Like the real API, keep only the most recent checkpoints; older ones drop out.
         job = self.api.jobs[job_id]
