@@ -58,6 +58,20 @@ class SelfMetrics:
             "ckpt_exporter_total_shards", "Shards the jobs are divided into.", registry=self.registry
         )
         self.total_shards.set(1)
+        # The API client's shared request budget, and the /metrics server's refusals.
+        self.rate_limit_wait = Counter(
+            "ckpt_exporter_rate_limit_wait_seconds",
+            "Seconds API requests waited for the request budget or a rate-limit pause, summed.",
+            registry=self.registry,
+        )
+        self.http_rejected = Counter(
+            "ckpt_exporter_http_rejected",
+            "Requests to the exporter's HTTP server refused, by reason (unauthorized, tls_handshake).",
+            ["reason"],
+            registry=self.registry,
+        )
+        for reason in ("unauthorized", "tls_handshake"):
+            self.http_rejected.labels(reason)
 
     def observe_request(self, endpoint: str, code: str) -> None:
         self.api_requests.labels(endpoint, code).inc()

@@ -70,6 +70,10 @@ class Settings(BaseSettings):
     # httpx's API on aiohttp's transport by default: a third of the CPU per request (docs/benchmarks.md).
     http_transport: Literal["aiohttp", "httpx"] = "aiohttp"
     max_retries: int = Field(2, ge=0, le=10)
+    # The request budget shared by every job (api.py), and TLS / basic auth for /metrics
+    # (webconfig.py: the Prometheus exporter-toolkit's web config file format).
+    max_requests_per_second: float = Field(10.0, gt=0, allow_inf_nan=False)
+    web_config_file: Path | None = None
     # Discovery: list the account's jobs and watch those that match (jobs above are always watched).
     discover: bool = False
     discovery_interval_seconds: float = Field(300.0, ge=0.1)
@@ -136,6 +140,18 @@ class Settings(BaseSettings):
     @classmethod
     def _lower_format(cls, value: Any) -> Any:
         return value.lower() if isinstance(value, str) else value
+
+    @field_validator("web_config_file")
+    @classmethod
+    def _valid_web_config(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            from ckpt_exporter.webconfig import WebConfigError, load_web_config
+
+            try:
+                load_web_config(value)
+            except WebConfigError as exc:
+                raise ValueError(str(exc)) from None
+        return value
 
     @model_validator(mode="after")
     def _key_file_exists(self) -> Settings:

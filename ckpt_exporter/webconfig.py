@@ -1,0 +1,401 @@
+"""TLS and basic auth for /metrics, from a web configuration file in the Prometheus exporter-toolkit's
+format (`--web.config.file` of node_exporter and friends), so an existing file works here too:
+
+    tls_server_config:
+      cert_file: server.crt            # relative paths are relative to this file
+      key_file: server.key
+      client_auth_type: RequireAndVerifyClientCert   # mutual TLS
+      client_ca_file: clients-ca.crt
+      min_version: TLS12
+    basic_auth_users:
+      prometheus: $2b$12$...           # bcrypt hash (htpasswd -nBC 12 "" | tr -d ':\\n')
+    auth_excluded_paths: [/healthz, /readyz]
+
+Both are off without a file (or with an empty one). The file is checked at start, with a one-line
+error that names the bad key. Every path needs the password when basic auth is on, as in the toolkit;
+`auth_excluded_paths` (also the toolkit's) lets kubelet probes reach /healthz and /readyz without it.
+Certificates are re-read when their files change (cert-manager renewals), without a restart.
+
+What the toolkit has and Python's ssl module cannot do (accept a client certificate without verifying
+it: RequestClientCert, RequireAnyClientCert), and the toolkit's Go-specific tuning (cipher_suites,
+curve_preferences, client_allowed_sans, inline PEM, rate_limit), are refused with a clear error
+rather than ignored.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import logging
+import re
+import secrets
+import ssl
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import bcrypt
+import yaml
+
+log = logging.getLogger(__name__)
+
+CLIENT_AUTH_TYPES = {
+    "NoClientCert": ssl.CERT_NONE,
+    "VerifyClientCertIfGiven": ssl.CERT_OPTIONAL,
+    "RequireAndVerifyClientCert": ssl.CERT_REQUIRED,
+}
+TLS_VERSIONS = {
+    "TLS10": ssl.TLSVersion.TLSv1,
+    "TLS11": ssl.TLSVersion.TLSv1_1,
+    "TLS12": ssl.TLSVersion.TLSv1_2,
+    "TLS13": ssl.TLSVersion.TLSv1_3,
+}
+# Headers the toolkit lets a web config set, with their allowed values (None: any).
+EXTRA_HEADERS: dict[str, tuple[str, ...] | None] = {
+    "Strict-Transport-Security": None,
+    "X-Content-Type-Options": ("nosniff",),
+    "X-Frame-Options": ("deny", "sameorigin"),
+    "X-XSS-Protection": None,
+    "Content-Security-Policy": None,
+}
+_UNSUPPORTED = {
+    "tls_server_config.cert": "inline PEM is not supported; use cert_file",
+    "tls_server_config.key": "inline PEM is not supported; use key_file",
+    "tls_server_config.client_ca": "inline PEM is not supported; use client_ca_file",
+    "tls_server_config.cipher_suites": "not supported (Python's defaults apply)",
+    "tls_server_config.curve_preferences": "not supported (Python's defaults apply)",
+    "tls_server_config.client_allowed_sans": "not supported; use a dedicated client CA instead",
+    "rate_limit": "not supported",
+}
+_IGNORED = {"tls_server_config.prefer_server_cipher_suites", "http_server_config.http2"}
+_KNOWN = {
+    "": {"tls_server_config", "http_server_config", "basic_auth_users", "auth_excluded_paths", "rate_limit"},
+    "tls_server_config": {
+        "cert_file",
+        "key_file",
+        "client_ca_file",
+        "client_auth_type",
+        "min_version",
+        "max_version",
+        "cert",
+        "key",
+        "client_ca",
+        "cipher_suites",
+        "curve_preferences",
+        "client_allowed_sans",
+        "prefer_server_cipher_suites",
+    },
+    "http_server_config": {"http2", "headers"},
+}
+BCRYPT_HASH = re.compile(r"^\$2[aby]\$(0[4-9]|[12]\d|3[01])\$[./A-Za-z0-9]{53}$")
+# A bcrypt hash (cost 10) of a random string: checked when the user is unknown, so that an unknown
+# user costs as much time as a wrong password and user names cannot be found by timing.
+_DUMMY_HASH = b"$2b$10$CzSK/G9G/WdkkQeTVTPfb.6DEgHI.xTuuDKj1d5jHV6l4ygjkmFle"
+AUTH_CACHE_SIZE = 256
+
+
+class WebConfigError(Exception):
+    """The web config is unusable; the message is one line naming the key."""
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = None
+    client_auth_type: str = "NoClientCert"
+    min_version: str = "TLS12"
+    max_version: str = "TLS13"
+
+    def files(self) -> tuple[Path, ...]:
+        return (self.cert_file, self.key_file, *((self.client_ca_file,) if self.client_ca_file else ()))
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    path: Path | None = None
+    tls: TlsSettings | None = None
+    users: dict[str, str] = field(default_factory=dict)  # user -> bcrypt hash
+    auth_excluded_paths: frozenset[str] = frozenset()
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls is not None else "http"
+
+
+def load_web_config(path: Path) -> WebConfig:
+    """Read and check the file (certificates included); WebConfigError says what is wrong."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise WebConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise WebConfigError(f"{path}: invalid YAML{where}") from None
+    if raw is None:
+        raw = {}
+    _check_keys(_mapping(raw, ""), "")
+    config = WebConfig(
+        path=path,
+        tls=_tls(_mapping(raw.get("tls_server_config") or {}, "tls_server_config"), path.parent),
+        users=_users(raw.get("basic_auth_users")),
+        auth_excluded_paths=_excluded(raw.get("auth_excluded_paths")),
+        headers=_headers(_mapping(raw.get("http_server_config") or {}, "http_server_config")),
+    )
+    if config.tls is not None:
+        build_tls_context(config.tls)  # the certificates load and match their key
+    return config
+
+
+def _mapping(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise WebConfigError(f"{where or 'the file'}: must be a mapping")
+    return value
+
+
+def _check_keys(raw: dict[str, Any], where: str) -> None:
+    for key, value in raw.items():
+        name = f"{where}.{key}" if where else str(key)
+        if key not in _KNOWN[where]:
+            raise WebConfigError(f"{name}: unknown key")
+        if name in _UNSUPPORTED and value not in (None, "", [], {}):
+            raise WebConfigError(f"{name}: {_UNSUPPORTED[name]}")
+        if not where and key in _KNOWN and value is not None:
+            _check_keys(_mapping(value, name), key)
+
+
+def _string(raw: dict[str, Any], key: str, where: str) -> str | None:
+    value = raw.get(key)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise WebConfigError(f"{where}.{key}: must be a string")
+    return value
+
+
+def _tls(raw: dict[str, Any], base: Path) -> TlsSettings | None:
+    where = "tls_server_config"
+    values = {key: _string(raw, key, where) for key in _KNOWN[where] - _IGNORED_KEYS}
+    if not any(values.values()):
+        return None  # as in the toolkit: an empty tls_server_config means plain HTTP
+    cert, key = values["cert_file"], values["key_file"]
+    if cert is None:
+        raise WebConfigError(f"{where}.cert_file: missing (TLS needs cert_file and key_file)")
+    if key is None:
+        raise WebConfigError(f"{where}.key_file: missing (TLS needs cert_file and key_file)")
+    auth = values["client_auth_type"] or "NoClientCert"
+    if auth not in CLIENT_AUTH_TYPES:
+        hint = (
+            " (Python's TLS cannot accept a client certificate without verifying it)"
+            if auth in ("RequestClientCert", "RequireAnyClientCert", "RequireClientCert")
+            else ""
+        )
+        raise WebConfigError(
+            f"{where}.client_auth_type: {auth!r} is not one of {', '.join(CLIENT_AUTH_TYPES)}{hint}"
+        )
+    ca = values["client_ca_file"]
+    if ca is not None and auth == "NoClientCert":
+        raise WebConfigError(f"{where}.client_ca_file: set without a client_auth_type that checks clients")
+    if ca is None and auth != "NoClientCert":
+        raise WebConfigError(f"{where}.client_ca_file: {auth} needs the CA that signs client certificates")
+    versions = {}
+    for bound, default in (("min_version", "TLS12"), ("max_version", "TLS13")):
+        version = values[bound] or default
+        if version not in TLS_VERSIONS:
+            raise WebConfigError(f"{where}.{bound}: {version!r} is not one of {', '.join(TLS_VERSIONS)}")
+        versions[bound] = version
+    if TLS_VERSIONS[versions["min_version"]] > TLS_VERSIONS[versions["max_version"]]:
+        raise WebConfigError(f"{where}.min_version: higher than max_version")
+    return TlsSettings(
+        cert_file=base / cert,
+        key_file=base / key,
+        client_ca_file=base / ca if ca is not None else None,
+        client_auth_type=auth,
+        **versions,
+    )
+
+
+_IGNORED_KEYS = {key.split(".", 1)[1] for key in (*_IGNORED, *_UNSUPPORTED) if "." in key}
+
+
+def _users(raw: Any) -> dict[str, str]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise WebConfigError("basic_auth_users: must be a mapping of user: bcrypt hash")
+    users = {}
+    for user, hashed in raw.items():
+        if not isinstance(user, str) or not user or ":" in user:
+            raise WebConfigError(f"basic_auth_users: {user!r} is not a valid user name (no ':')")
+        if not isinstance(hashed, str) or not BCRYPT_HASH.match(hashed):
+            raise WebConfigError(f"basic_auth_users.{user}: not a bcrypt hash ($2b$..., 60 characters)")
+        users[user] = hashed
+    return users
+
+
+def _excluded(raw: Any) -> frozenset[str]:
+    if raw is None:
+        return frozenset()
+    if not isinstance(raw, list) or not all(isinstance(p, str) and p.startswith("/") for p in raw):
+        raise WebConfigError("auth_excluded_paths: must be a list of paths such as /healthz")
+    return frozenset(raw)
+
+
+def _headers(raw: dict[str, Any]) -> dict[str, str]:
+    headers = raw.get("headers") or {}
+    if not isinstance(headers, dict):
+        raise WebConfigError("http_server_config.headers: must be a mapping")
+    for name, value in headers.items():
+        if name not in EXTRA_HEADERS:
+            raise WebConfigError(f"http_server_config.headers.{name}: this header cannot be set")
+        allowed = EXTRA_HEADERS[name]
+        if not isinstance(value, str) or (allowed is not None and value not in allowed):
+            raise WebConfigError(f"http_server_config.headers.{name}: must be one of {allowed}")
+    return dict(headers)
+
+
+# -- TLS -------------------------------------------------------------------------------------
+
+
+def build_tls_context(tls: TlsSettings) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = TLS_VERSIONS[tls.min_version]
+    context.maximum_version = TLS_VERSIONS[tls.max_version]
+    try:
+        context.load_cert_chain(tls.cert_file, tls.key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise WebConfigError(
+            f"tls_server_config.cert_file/key_file: cannot load {tls.cert_file} with {tls.key_file}: "
+            f"{_ssl_reason(exc)}"
+        ) from None
+    if tls.client_ca_file is not None:
+        try:
+            context.load_verify_locations(cafile=tls.client_ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise WebConfigError(
+                f"tls_server_config.client_ca_file: cannot load {tls.client_ca_file}: {_ssl_reason(exc)}"
+            ) from None
+    context.verify_mode = CLIENT_AUTH_TYPES[tls.client_auth_type]
+    return context
+
+
+def _ssl_reason(exc: OSError | ssl.SSLError) -> str:
+    if isinstance(exc, ssl.SSLError):
+        return exc.reason or str(exc)
+    return exc.strerror or str(exc)
+
+
+class TlsContexts:
+    """The server's SSLContext, rebuilt when a certificate, key or CA file changes.
+
+    A renewal half written (a key that does not match yet) keeps the previous context, with a warning.
+    """
+
+    def __init__(self, tls: TlsSettings) -> None:
+        self._tls = tls
+        self._lock = threading.Lock()
+        self._stamps = self._stat()
+        self._context = build_tls_context(tls)
+
+    def _stat(self) -> tuple[tuple[int, int, int] | None, ...]:
+        stamps: list[tuple[int, int, int] | None] = []
+        for path in self._tls.files():
+            try:
+                stat = path.stat()
+            except OSError:
+                stamps.append(None)
+            else:
+                stamps.append((stat.st_mtime_ns, stat.st_ino, stat.st_size))
+        return tuple(stamps)
+
+    def current(self) -> ssl.SSLContext:
+        stamps = self._stat()
+        with self._lock:
+            if stamps != self._stamps:
+                self._stamps = stamps
+                try:
+                    self._context = build_tls_context(self._tls)
+                except WebConfigError as exc:
+                    log.warning("TLS files changed but cannot be used, keeping the previous ones: %s", exc)
+                else:
+                    log.info("TLS certificate files changed: new connections use them")
+            return self._context
+
+
+# -- basic auth ------------------------------------------------------------------------------
+
+
+class BasicAuth:
+    """Checks `Authorization: Basic ...` against bcrypt hashes, caching the outcome.
+
+    bcrypt is slow on purpose (~100 ms at cost 10-12); Prometheus scrapes every few seconds with
+    the same credentials, so each (user, hash, password) is checked once and its result kept,
+    under an HMAC with a per-process key (the cache never holds a password). One bcrypt check runs
+    at a time, so that a flood of bad passwords cannot take every core.
+    """
+
+    def __init__(
+        self,
+        users: dict[str, str],
+        cache_size: int = AUTH_CACHE_SIZE,
+        checkpw: Callable[[bytes, bytes], bool] = bcrypt.checkpw,
+    ) -> None:
+        self._checkpw = checkpw
+        self._users = {user: hashed.encode() for user, hashed in users.items()}
+        self._cache: OrderedDict[bytes, bool] = OrderedDict()
+        self._cache_size = cache_size
+        self._cache_key = secrets.token_bytes(32)
+        self._lock = threading.Lock()
+        self._bcrypt = threading.Lock()
+
+    def check(self, authorization: str | None) -> bool:
+        credentials = _parse_basic(authorization)
+        if credentials is None:
+            return False
+        user, password = credentials
+        hashed = self._users.get(user)
+        digest = hmac.new(
+            self._cache_key, b"\0".join((user.encode(), hashed or b"", password)), hashlib.sha256
+        ).digest()
+        with self._lock:
+            cached = self._cache.get(digest)
+            if cached is not None:
+                self._cache.move_to_end(digest)
+                return cached
+        with self._bcrypt:
+            try:
+                matches = self._checkpw(password, hashed if hashed is not None else _DUMMY_HASH)
+            except ValueError:
+                matches = False
+        ok = hashed is not None and matches
+        with self._lock:
+            self._cache[digest] = ok
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return ok
+
+
+def _parse_basic(authorization: str | None) -> tuple[str, bytes] | None:
+    if not authorization:
+        return None
+    scheme, _, encoded = authorization.partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    user, sep, password = decoded.partition(b":")
+    if not sep:
+        return None
+    try:
+        return user.decode("utf-8"), password
+    except UnicodeDecodeError:
+        return None
