@@ -10,9 +10,11 @@ import asyncio
 import logging
 import signal
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import httpx
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from ckpt_exporter import __version__
@@ -21,34 +23,82 @@ from ckpt_exporter.exposition import RenderedJobs
 from ckpt_exporter.poller import Discovery, Poller, Shard
 from ckpt_exporter.selfmetrics import SelfMetrics
 from ckpt_exporter.server import MetricsApp, MetricsServer
-from ckpt_exporter.settings import Settings, SettingsError
+from ckpt_exporter.settings import AccountSettings, Settings, SettingsError
+from ckpt_exporter.webconfig import load_web_config
 
 log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_SECONDS = 5.0
 
 
-def api_headers(settings: Settings) -> dict[str, str]:
+def api_headers(account: AccountSettings) -> dict[str, str]:
     headers = {"User-Agent": f"ckpt-exporter/{__version__}", "Accept": "application/json"}
-    if settings.organization:
-        headers["OpenAI-Organization"] = settings.organization
-    if settings.project:
-        headers["OpenAI-Project"] = settings.project
+    if account.api_flavor == "openai":
+        if account.organization:
+            headers["OpenAI-Organization"] = account.organization
+        if account.project:
+            headers["OpenAI-Project"] = account.project
     return headers
 
 
-def discovery_of(settings: Settings) -> Discovery | None:
-    if not settings.discover:
+def discovery_of(account: AccountSettings) -> Discovery | None:
+    if not account.discover:
         return None
-    max_age = settings.discovery_max_age_days
+    max_age = account.discovery_max_age_days
     return Discovery(
-        interval=settings.discovery_interval_seconds,
-        statuses=frozenset(settings.discovery_statuses),
+        interval=account.discovery_interval_seconds,
+        statuses=frozenset(account.discovery_statuses),
         max_age_seconds=max_age * 86400.0 if max_age is not None else None,
-        metadata=dict(settings.discovery_metadata),
-        model_pattern=settings.discovery_model_pattern,
-        suffix_pattern=settings.discovery_suffix_pattern,
+        metadata=dict(account.discovery_metadata),
+        model_pattern=account.discovery_model_pattern,
+        suffix_pattern=account.discovery_suffix_pattern,
     )
+
+
+@dataclass
+class Account:
+    """One account's own HTTP client (its URL, key, headers), API client and poller."""
+
+    name: str
+    http: httpx.AsyncClient
+    poller: Poller
+
+
+def build_account(
+    account: AccountSettings, settings: Settings, jobs: RenderedJobs, metrics: SelfMetrics
+) -> Account:
+    """OpenAI: Authorization: Bearer KEY. Azure: an api-key header and the api-version parameter."""
+    keys = KeySource(account.read_api_key(), account.api_key_file)
+    http = make_http_client(
+        account.api_base_url,
+        auth=ApiKeyAuth(keys, "api-key" if account.api_flavor == "azure" else "Authorization"),
+        headers=api_headers(account),
+        timeout=settings.request_timeout_seconds,
+        max_connections=settings.max_concurrency,
+        transport=settings.http_transport,
+        params={"api-version": account.api_version} if account.api_version else None,
+    )
+    client = ApiClient(
+        http,
+        max_retries=settings.max_retries,
+        max_in_flight=settings.max_concurrency,
+        max_requests_per_second=settings.max_requests_per_second,
+        observe=metrics.observe_request,
+        observe_wait=metrics.rate_limit_wait.inc,
+    )
+    poller = Poller(
+        client,
+        jobs,
+        metrics,
+        account=account.name,
+        page_size=settings.page_size,
+        full_read_every=settings.full_read_every_polls,
+        poll_interval=settings.poll_interval_seconds,
+        discovery=discovery_of(account),
+        shard=Shard(settings.shard, settings.total_shards),
+    )
+    poller.set_jobs(account.jobs)
+    return Account(account.name, http, poller)
 
 
 class Exporter:
@@ -71,37 +121,16 @@ class Exporter:
         self._config_stamp = _stamp(config)
         self.metrics = SelfMetrics()
         self.jobs = RenderedJobs()
-        self.http = make_http_client(
-            settings.api_base_url,
-            auth=ApiKeyAuth(KeySource(settings.read_api_key(), settings.api_key_file)),
-            headers=api_headers(settings),
-            timeout=settings.request_timeout_seconds,
-            max_connections=settings.max_concurrency,
-            transport=settings.http_transport,
-        )
-        self.client = ApiClient(
-            self.http,
-            max_retries=settings.max_retries,
-            max_in_flight=settings.max_concurrency,
-            observe=self.metrics.observe_request,
-        )
-        self.poller = Poller(
-            self.client,
-            self.jobs,
-            self.metrics,
-            page_size=settings.page_size,
-            full_read_every=settings.full_read_every_polls,
-            poll_interval=settings.poll_interval_seconds,
-            discovery=discovery_of(settings),
-            shard=Shard(settings.shard, settings.total_shards),
-        )
+        self.accounts = [
+            build_account(account, settings, self.jobs, self.metrics) for account in settings.account_list()
+        ]
         self.metrics.shard_ordinal.set(settings.shard)
         self.metrics.total_shards.set(settings.total_shards)
-        self.poller.set_jobs(settings.jobs)
         self.server = MetricsServer(
-            MetricsApp(self.jobs, self.metrics, self.poller.ready),
+            MetricsApp(self.jobs, self.metrics, self.ready),
             settings.listen_address,
             settings.listen_port,
+            load_web_config(settings.web_config_file) if settings.web_config_file else None,
         )
         self.scheduler = AsyncIOScheduler(timezone=UTC)
         self._on_ready = on_ready
@@ -113,9 +142,10 @@ class Exporter:
             host = "127.0.0.1"
         elif ":" in host:
             host = f"[{host}]"
-        return f"http://{host}:{self.server.port}/metrics"
+        return f"{self.server.scheme}://{host}:{self.server.port}/metrics"
 
     def start(self) -> None:
+        self.jobs.start()
         self.server.start()
         self.scheduler.add_job(
             self._tick,
@@ -130,7 +160,7 @@ class Exporter:
         log.info(
             "ckpt_exporter %s watching %d job(s) every %gs; serving %s",
             __version__,
-            len(self.poller.job_ids),
+            sum(len(account.poller.job_ids) for account in self.accounts),
             self.settings.poll_interval_seconds,
             self.metrics_url,
         )
@@ -142,7 +172,11 @@ class Exporter:
         if stamp != self._config_stamp:
             self._config_stamp = stamp
             self.reload()
-        await self.poller.tick()
+        for account in self.accounts:
+            await account.poller.tick()
+
+    def ready(self) -> bool:
+        return all(account.poller.ready() for account in self.accounts)
 
     def reload(self) -> None:
         """Re-read the settings and apply the job list; keep the old settings if the new are bad."""
@@ -153,18 +187,27 @@ class Exporter:
         except SettingsError as exc:
             log.error("settings not reloaded, keeping the current ones: %s", exc)
             return
-        if settings.jobs != self.poller.configured_job_ids():
-            log.info("settings reloaded: now watching %d job(s)", len(settings.jobs))
-            self.poller.set_jobs(settings.jobs)
+        wanted = {account.name: account for account in settings.account_list()}
+        if set(wanted) != {account.name for account in self.accounts}:
+            log.error("settings not reloaded: the accounts changed, which takes a restart")
+            return
+        for account in self.accounts:
+            jobs = wanted[account.name].jobs
+            if jobs != account.poller.configured_job_ids():
+                log.info("settings reloaded: account %s now lists %d job(s)", account.name, len(jobs))
+                account.poller.set_jobs(jobs)
 
     async def stop(self) -> None:
         self.scheduler.shutdown(wait=False)
+        pollers = [account.poller.stop() for account in self.accounts]
         try:
-            await asyncio.wait_for(self.poller.stop(), SHUTDOWN_GRACE_SECONDS)
+            await asyncio.wait_for(asyncio.gather(*pollers), SHUTDOWN_GRACE_SECONDS)
         except TimeoutError:
             log.warning("in-flight polls did not stop within %gs; abandoning them", SHUTDOWN_GRACE_SECONDS)
-        await self.http.aclose()
+        for account in self.accounts:
+            await account.http.aclose()
         self.server.stop()
+        self.jobs.stop()
 
 
 def _stamp(path: Path | None) -> tuple[int, int] | None:

@@ -10,6 +10,7 @@ self-metrics is rendered per scrape.
 from __future__ import annotations
 
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ from ckpt_exporter.models import METRIC_FIELDS
 from ckpt_exporter.snapshot import JobSnapshot
 
 CHECKPOINT_PREFIX = "openai_fine_tuning_checkpoint_"
+# The live gauges from a running job's latest metrics event: openai_fine_tuning_job_<name>.
+LIVE_FIELDS = (*METRIC_FIELDS, "step", "total_steps")
 
 _METRIC_HELP = {
     "train_loss": "Training loss of the mini-batch at the checkpoint's step, as reported by the API.",
@@ -80,6 +83,19 @@ def job_families(jobs: Iterable[JobSnapshot]) -> list[Metric]:
         "Unix time at which the API estimates a running job will finish.",
         labels=["job_id"],
     )
+    live = {
+        name: GaugeMetricFamily(
+            "openai_fine_tuning_job_" + name,
+            f"Latest {name} of a running job, from its newest metrics event.",
+            labels=["job_id"],
+        )
+        for name in LIVE_FIELDS
+    }
+    events = CounterMetricFamily(
+        "openai_fine_tuning_job_events",
+        "Events of the job by level (info, warn, error), since the exporter's first read of them.",
+        labels=["job_id", "level"],
+    )
     up = GaugeMetricFamily(
         "ckpt_exporter_job_up", "1 when the latest poll of the job succeeded, else 0.", labels=["job_id"]
     )
@@ -127,6 +143,13 @@ def job_families(jobs: Iterable[JobSnapshot]) -> list[Metric]:
                 trained_tokens.add_metric([job.job_id], float(job.job.trained_tokens))
             if job.job.estimated_finish is not None:
                 estimated_finish.add_metric([job.job_id], float(job.job.estimated_finish))
+        if job.live is not None:
+            for name in LIVE_FIELDS:
+                value = getattr(job.live, name)
+                if value is not None:
+                    live[name].add_metric([job.job_id], float(value))
+        for level, count in job.event_counts:
+            events.add_metric([job.job_id, level], float(count))
         up.add_metric([job.job_id], 1.0 if job.up else 0.0)
         if job.last_success is not None:
             last_success.add_metric([job.job_id], job.last_success)
@@ -142,6 +165,8 @@ def job_families(jobs: Iterable[JobSnapshot]) -> list[Metric]:
         job_info,
         trained_tokens,
         estimated_finish,
+        *live.values(),
+        events,
         up,
         last_success,
         discovered,
@@ -203,11 +228,23 @@ class _Assembled:
     gzip_prefix: bytes | None = None
     gzip_state: zlib._Compress | None = None
 
+    def with_gzip(self) -> _Assembled:
+        """Compress the body once; the compressor's state is kept so each scrape adds its tail."""
+        if self.gzip_state is None:
+            state = zlib.compressobj(6, zlib.DEFLATED, 31)
+            self.gzip_prefix = state.compress(self.body) + state.flush(zlib.Z_SYNC_FLUSH)
+            self.gzip_state = state
+        return self
+
 
 class RenderedJobs:
-    """Per-job series rendered once per change; joined into one body per format when needed.
+    """Per-job series rendered once per change, joined into one body per format.
 
     Thread-safe: the poller updates from the event loop, the HTTP server reads from its threads.
+    By default the joined bodies are rebuilt lazily, by the first scrape after a change. Once
+    `start()` is called, a background thread rebuilds them (and their gzip) shortly after changes
+    instead, so that a scrape never pays for joining or compressing 10,000 jobs: it serves the
+    latest bodies, at most `debounce` seconds plus one rebuild behind.
     """
 
     FORMATS = (False, True)  # openmetrics?
@@ -221,6 +258,10 @@ class RenderedJobs:
         self._fragments: dict[str, dict[bool, dict[str, bytes]]] = {}
         self._snapshots: dict[str, JobSnapshot] = {}
         self._assembled: dict[bool, _Assembled] = {}
+        self._version = 0  # bumped by every change, so a rebuild never stores stale bodies
+        self._changed = threading.Event()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
 
     def update(self, job: JobSnapshot) -> None:
         """Publish a job's snapshot (renders it if it changed)."""
@@ -233,37 +274,51 @@ class RenderedJobs:
         with self._lock:
             self._snapshots[job.job_id] = job
             self._fragments[job.job_id] = fragment
-            self._assembled.clear()
+            self._changed_locked()
 
     def remove(self, job_id: str) -> None:
         with self._lock:
             if self._fragments.pop(job_id, None) is not None:
                 del self._snapshots[job_id]
-                self._assembled.clear()
+                self._changed_locked()
+
+    def _changed_locked(self) -> None:
+        self._version += 1
+        if self._thread is None:
+            self._assembled.clear()  # lazy: the next scrape rebuilds
+        else:
+            self._changed.set()
 
     def snapshots(self) -> dict[str, JobSnapshot]:
         with self._lock:
             return dict(self._snapshots)
 
-    def _assemble(self, openmetrics: bool) -> _Assembled:
-        # Called with the lock held.
-        assembled = self._assembled.get(openmetrics)
-        if assembled is None:
-            fmt = self._formats[openmetrics]
+    def _build(self, openmetrics: bool) -> tuple[int, _Assembled]:
+        with self._lock:
+            version = self._version
             fragments = [self._fragments[job_id][openmetrics] for job_id in sorted(self._fragments)]
-            parts: list[bytes] = []
-            for family in fmt.order:
-                lines = [fragment[family] for fragment in fragments if family in fragment]
-                if lines:
-                    parts.append(fmt.headers[family])
-                    parts.extend(lines)
-            assembled = self._assembled[openmetrics] = _Assembled(b"".join(parts))
+        fmt = self._formats[openmetrics]
+        parts: list[bytes] = []
+        for family in fmt.order:
+            lines = [fragment[family] for fragment in fragments if family in fragment]
+            if lines:
+                parts.append(fmt.headers[family])
+                parts.extend(lines)
+        return version, _Assembled(b"".join(parts))
+
+    def _current(self, openmetrics: bool) -> _Assembled:
+        with self._lock:
+            assembled = self._assembled.get(openmetrics)
+        if assembled is None:
+            version, assembled = self._build(openmetrics)
+            with self._lock:
+                if version == self._version:
+                    assembled = self._assembled.setdefault(openmetrics, assembled)
         return assembled
 
     def body(self, openmetrics: bool) -> bytes:
         """The rendered job series (no OpenMetrics # EOF: the self-metrics block ends the body)."""
-        with self._lock:
-            return self._assemble(openmetrics).body
+        return self._current(openmetrics).body
 
     def gzip_body(self, openmetrics: bool, tail: bytes) -> bytes:
         """gzip(body + tail), compressing the cached body only once per change.
@@ -271,12 +326,38 @@ class RenderedJobs:
         The compressor's state after the cached body is kept and copied per scrape, so a scrape
         compresses only its small tail and the result is one ordinary gzip member.
         """
+        assembled = self._current(openmetrics)
         with self._lock:
-            assembled = self._assemble(openmetrics)
-            if assembled.gzip_state is None:
-                state = zlib.compressobj(6, zlib.DEFLATED, 31)
-                assembled.gzip_prefix = state.compress(assembled.body) + state.flush(zlib.Z_SYNC_FLUSH)
-                assembled.gzip_state = state
-            prefix, state = assembled.gzip_prefix, assembled.gzip_state.copy()
-        assert prefix is not None
+            assembled.with_gzip()
+            prefix, state = assembled.gzip_prefix, assembled.gzip_state
+        assert prefix is not None and state is not None
+        state = state.copy()
         return prefix + state.compress(tail) + state.flush()
+
+    # -- background rebuilds -----------------------------------------------------------------
+
+    def start(self, debounce: float = 0.25) -> None:
+        self._thread = threading.Thread(
+            target=self._rebuild_loop, args=(debounce,), name="render", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._changed.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _rebuild_loop(self, debounce: float) -> None:
+        while True:
+            self._changed.wait()
+            if self._stopping:
+                return
+            time.sleep(debounce)  # gather the changes of a whole poll into one rebuild
+            self._changed.clear()
+            # zlib releases the GIL while it compresses: this runs beside the event loop.
+            for openmetrics in self.FORMATS:
+                _, assembled = self._build(openmetrics)
+                assembled.with_gzip()
+                with self._lock:
+                    self._assembled[openmetrics] = assembled

@@ -22,11 +22,13 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from pydantic import ValidationError
 
 from ckpt_exporter.api import ApiClient, ApiError
 from ckpt_exporter.diff import CheckpointDiff, DiffResult
+from ckpt_exporter.events import EventFeed, EventsResult
 from ckpt_exporter.exposition import RenderedJobs
 from ckpt_exporter.models import NOT_STARTED_STATUSES, TERMINAL_STATUSES, FineTuningJob, ListPage
 from ckpt_exporter.selfmetrics import SelfMetrics
@@ -78,6 +80,7 @@ class Shard:
 @dataclass
 class _Job:
     diff: CheckpointDiff
+    events: EventFeed
     snapshot: JobSnapshot
     configured: bool  # named in the settings (kept whatever discovery finds)
     errors: dict[str, int] = field(default_factory=dict)
@@ -94,6 +97,11 @@ class _Job:
     @property
     def status(self) -> str | None:
         return self.snapshot.job.status if self.snapshot.job is not None else None
+
+    def needs_events(self) -> bool:
+        """Only a job known to be training has live metrics: never a finished or unknown one."""
+        status = self.status
+        return status is not None and status not in TERMINAL_STATUSES and status not in IDLE_STATUSES
 
     def needs_checkpoints(self) -> bool:
         status = self.status
@@ -154,7 +162,7 @@ class Poller:
     def _track(self, job_id: str, *, configured: bool, document: FineTuningJob | None = None) -> None:
         diff = CheckpointDiff(job_id, self._page_size, self._full_read_every)
         snapshot = JobSnapshot(job_id, job=document, account=self._account)
-        self._jobs[job_id] = _Job(diff, snapshot, configured)
+        self._jobs[job_id] = _Job(diff, EventFeed(job_id), snapshot, configured)
         self._exposition.update(snapshot)
         self._metrics.jobs.set(len(self._jobs))
 
@@ -257,15 +265,29 @@ class Poller:
         if final:
             job.diff.force_full_read()
 
-        async def fetch(after: str | None, limit: int) -> ListPage:
+        async def checkpoints(after: str | None, limit: int) -> ListPage:
             return await self._client.list_checkpoints(job.job_id, after=after, limit=limit)
 
-        try:
-            result = await job.diff.refresh(fetch)
-        except ApiError as exc:
-            self._failed(job, exc)
+        async def events(after: str | None, limit: int) -> ListPage:
+            return await self._client.list_events(job.job_id, after=after, limit=limit)
+
+        # A running job's checkpoints and events are read side by side: two requests per poll.
+        reads: list[Any] = [job.diff.refresh(checkpoints)]
+        if job.needs_events():
+            reads.append(job.events.refresh(events))
+        outcomes = await asyncio.gather(*reads, return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException) and not isinstance(outcome, ApiError):
+                raise outcome
+        failures = [outcome for outcome in outcomes if isinstance(outcome, ApiError)]
+        if isinstance(outcomes[0], DiffResult):
+            self._succeeded(job, outcomes[0])
+        if len(outcomes) > 1 and isinstance(outcomes[1], EventsResult):
+            self._events_read(job, outcomes[1])
+        if failures:
+            for failure in failures:
+                self._failed(job, failure)
             return
-        self._succeeded(job, result)
         if final:
             job.final_read_done = True
             log.info(
@@ -274,6 +296,23 @@ class Poller:
                 job.status,
                 len(job.diff.known),
             )
+
+    def _events_read(self, job: _Job, result: EventsResult) -> None:
+        for rejected in result.rejected:
+            self._count(job, rejected.reason)
+            log.warning("job %s: ignored an event (%s): %s", job.job_id, rejected.reason, rejected.detail)
+        for event in result.new:
+            if event.level in ("warn", "error"):
+                log.info("job %s: %s event: %s", job.job_id, event.level, event.message[:200])
+        self._publish(
+            job,
+            replace(
+                job.snapshot,
+                live=job.events.latest_metrics,
+                event_counts=tuple(sorted(job.events.counts.items())),
+                errors=tuple(sorted(job.errors.items())),
+            ),
+        )
 
     def _count(self, job: _Job, reason: str) -> None:
         job.errors[reason] = job.errors.get(reason, 0) + 1

@@ -22,7 +22,7 @@ from prometheus_client.openmetrics.exposition import generate_latest as render_o
 
 from ckpt_exporter import __version__
 
-ENDPOINTS = ("checkpoints", "jobs", "job")  # API endpoints the exporter calls, pre-created at zero
+ENDPOINTS = ("checkpoints", "events", "jobs", "job")  # API endpoints the exporter calls, pre-created at zero
 
 
 class SelfMetrics:

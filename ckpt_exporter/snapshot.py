@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ckpt_exporter.events import MetricsEventData
 from ckpt_exporter.models import Checkpoint, FineTuningJob
 
 
@@ -23,6 +24,8 @@ class JobSnapshot:
     errors: tuple[tuple[str, int], ...] = field(default=())  # (reason, count), sorted by reason
     job: FineTuningJob | None = None  # the job's latest status document, once read
     account: str = "default"
+    live: MetricsEventData | None = None  # the latest metrics event of a running job
+    event_counts: tuple[tuple[str, int], ...] = ()  # (level, count) since the first events read
 
     @property
     def latest_step(self) -> int | None:

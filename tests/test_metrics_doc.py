@@ -6,6 +6,7 @@ import re
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from ckpt_exporter.events import MetricsEventData
 from ckpt_exporter.exposition import RenderedJobs
 from ckpt_exporter.models import Checkpoint, FineTuningJob
 from ckpt_exporter.selfmetrics import SelfMetrics
@@ -49,7 +50,21 @@ def served() -> dict[str, tuple[str, frozenset[str]]]:
     job = FineTuningJob.model_validate(
         {"id": "j", "status": "running", "created_at": 1, "trained_tokens": 5, "estimated_finish": 9}
     )
-    jobs.update(JobSnapshot("j", (checkpoint,), True, True, 1.0, 1, (("timeout", 1),), job=job))
+    live = MetricsEventData.model_validate({**checkpoint.metrics.model_dump(), "step": 1, "total_steps": 2})
+    jobs.update(
+        JobSnapshot(
+            "j",
+            (checkpoint,),
+            True,
+            True,
+            1.0,
+            1,
+            (("timeout", 1),),
+            job=job,
+            live=live,
+            event_counts=(("info", 1),),
+        )
+    )
     metrics = SelfMetrics()
     metrics.poll_duration.observe(1)
     body, _ = MetricsApp(jobs, metrics, lambda: True).metrics_response("", "")
