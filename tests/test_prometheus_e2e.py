@@ -58,6 +58,15 @@ def full(step: int, base: float) -> dict[str, Any]:
     return {name: round(base + i / 100 + step / 100_000, 6) for i, name in enumerate(CHECKPOINT_FIELDS)}
 
 
+LIVE_10 = {"train_loss": 1.5, "valid_loss": 1.6, "full_valid_loss": 1.55, "train_mean_token_accuracy": 0.6}
+LIVE_20 = {
+    "train_loss": 1.4,
+    "valid_loss": 1.45,
+    "train_mean_token_accuracy": 0.62,
+    "valid_mean_token_accuracy": 0.61,
+}
+
+
 def populate(api: FakeApi) -> None:
     # a: every metric; full_valid_loss 0.9, 0.7, 0.8: the latest checkpoint is worse than step 200.
     api.add_job("ftjob-e2e-a", newest_first=True)
@@ -85,8 +94,12 @@ def populate(api: FakeApi) -> None:
             "valid_mean_token_accuracy": None,
         },
     )
-    # c: a single checkpoint, valid metrics null.
-    api.add_job("ftjob-e2e-c")
+    # a is training: two metrics events (the second without full_valid_loss) and an ETA.
+    api.update_job("ftjob-e2e-a", estimated_finish=int(time.time()) + 3600)
+    api.add_event("ftjob-e2e-a", "Step 10/400", data={**LIVE_10, "step": 10, "total_steps": 400})
+    api.add_event("ftjob-e2e-a", "Step 20/400", data={**LIVE_20, "step": 20, "total_steps": 400})
+    # c: a single checkpoint, valid metrics null; the job has succeeded.
+    api.add_job("ftjob-e2e-c", status="succeeded", trained_tokens=123_456)
     api.add_checkpoint(
         "ftjob-e2e-c", 5, {**full(5, 0.2), "valid_loss": None, "valid_mean_token_accuracy": None}
     )
@@ -377,6 +390,33 @@ def test_dashboard_and_alert_queries_against_real_prometheus(
 
     # The checkpoint panels return exactly what the fake API holds.
     assert_checkpoint_panels_exact(prom, api)
+
+    # The live panels, from job a's newest metrics event (step 20 of 400), and the job panels.
+    a = _labels(job_id="ftjob-e2e-a")
+    live_expected = {
+        ("Live loss", "A"): {a: LIVE_20["train_loss"]},
+        ("Live loss", "B"): {a: LIVE_20["valid_loss"]},
+        ("Live loss", "C"): {},  # the newest event has no full_valid_loss
+        ("Live token accuracy", "A"): {a: LIVE_20["train_mean_token_accuracy"]},
+        ("Live token accuracy", "B"): {a: LIVE_20["valid_mean_token_accuracy"]},
+        ("Training step", "A"): {a: 20.0},
+        ("Training step", "B"): {a: 400.0},
+        ("Training progress", "A"): {a: 0.05},
+        ("Trained tokens", "A"): {_labels(job_id="ftjob-e2e-c"): 123_456.0},
+        ("Jobs", "status"): {
+            _labels(job_id="ftjob-e2e-a", status="running"): 1.0,
+            _labels(job_id="ftjob-e2e-b", status="running"): 1.0,
+            _labels(job_id="ftjob-e2e-c", status="succeeded"): 1.0,
+            _labels(job_id="ftjob-e2e-empty", status="running"): 1.0,
+        },
+    }
+
+    def live_panels() -> dict[tuple[str, str], Series]:
+        return {key: prom.series(panel_query(*key)) for key in live_expected}
+
+    assert wait_for(lambda: live_panels() == live_expected, 20), live_panels()
+    eta = prom.series(panel_query("Estimated time to finish", "A"))
+    assert list(eta) == [a] and 3000 < eta[a] <= 3600
 
     # Health panels have data for the selected jobs.
     job_up = prom.series(panel_query("Job polls", "A"))
