@@ -18,25 +18,18 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ckpt_exporter.diff import FetchPage, Order, PageWalker, Rejected, describe
+from ckpt_exporter.models import CheckpointMetrics
 
 EVENT_LEVELS = ("info", "warn", "error")
 SEEN_MEMORY = 1000  # ids of the most recent events kept to recognise them on the next read
 FIRST_READ_MAX_PAGES = 50  # an oldest-first history longer than this is skipped to its end
 
 
-class MetricsEventData(BaseModel):
-    """The data of a `metrics` event; every field optional, strict (no strings, NaN or Infinity)."""
-
-    model_config = ConfigDict(strict=True, frozen=True, extra="ignore", allow_inf_nan=False)
+class MetricsEventData(CheckpointMetrics):
+    """The data of a `metrics` event: a checkpoint's metric fields, an integer step, total_steps."""
 
     step: int | None = None
     total_steps: int | None = None
-    train_loss: float | None = None
-    train_mean_token_accuracy: float | None = None
-    valid_loss: float | None = None
-    valid_mean_token_accuracy: float | None = None
-    full_valid_loss: float | None = None
-    full_valid_mean_token_accuracy: float | None = None
 
 
 class JobEvent(BaseModel):

@@ -120,20 +120,25 @@ def poll_count(exporter: ExporterProcess) -> float:
     ]
 
 
+def exporter_for(server: FakeApiServer, api: FakeApi, **env: str) -> ExporterProcess:
+    """The exporter process watching every job of the fake API."""
+    return ExporterProcess(
+        {
+            "CKPT_EXPORTER_API_BASE_URL": server.base_url,
+            "CKPT_EXPORTER_API_KEY": API_KEY,
+            "CKPT_EXPORTER_JOBS": ",".join(api.jobs),
+            "CKPT_EXPORTER_POLL_INTERVAL_SECONDS": str(POLL),
+            **env,
+        }
+    )
+
+
 @pytest.mark.parametrize("newest_first", [True, False], ids=["newest-first", "oldest-first"])
 def test_six_jobs_exact_samples_new_checkpoint_and_steady_state_cost(newest_first: bool) -> None:
     api = FakeApi(api_key=API_KEY)
     populate(api, newest_first)
     with FakeApiServer(api) as server:
-        exporter = ExporterProcess(
-            {
-                "CKPT_EXPORTER_API_BASE_URL": server.base_url,
-                "CKPT_EXPORTER_API_KEY": API_KEY,
-                "CKPT_EXPORTER_JOBS": ",".join(api.jobs),
-                "CKPT_EXPORTER_POLL_INTERVAL_SECONDS": str(POLL),
-                "CKPT_EXPORTER_PAGE_SIZE": "5",
-            }
-        )
+        exporter = exporter_for(server, api, CKPT_EXPORTER_PAGE_SIZE="5")
         try:
             exporter.wait_ready()
             assert exporter.get("/healthz").status_code == 200
@@ -194,14 +199,7 @@ def test_populated_metrics_pass_promtool(tmp_path: Any) -> None:
     api = FakeApi(api_key=API_KEY)
     populate(api, newest_first=True)
     with FakeApiServer(api) as server:
-        exporter = ExporterProcess(
-            {
-                "CKPT_EXPORTER_API_BASE_URL": server.base_url,
-                "CKPT_EXPORTER_API_KEY": API_KEY,
-                "CKPT_EXPORTER_JOBS": ",".join(api.jobs),
-                "CKPT_EXPORTER_POLL_INTERVAL_SECONDS": str(POLL),
-            }
-        )
+        exporter = exporter_for(server, api)
         try:
             exporter.wait_ready()
             text = exporter.metrics()

@@ -25,6 +25,7 @@ import yaml
 
 from ckpt_exporter import __version__
 from ckpt_exporter.fakeapi import FakeApi, FakeApiServer
+from ckpt_exporter.models import METRIC_FIELDS
 from tests.helpers import ExporterProcess, free_port, require_tool, wait_for
 from tests.test_dashboard import load_dashboard, query_panels, substitute_grafana_variables
 
@@ -34,14 +35,7 @@ REPO = Path(__file__).resolve().parent.parent
 ALERTS = REPO / "helm" / "ckpt-exporter" / "files" / "alerts.yaml"
 API_KEY = "sk-test"
 
-CHECKPOINT_FIELDS = (
-    "train_loss",
-    "train_mean_token_accuracy",
-    "valid_loss",
-    "valid_mean_token_accuracy",
-    "full_valid_loss",
-    "full_valid_mean_token_accuracy",
-)
+CHECKPOINT_FIELDS = METRIC_FIELDS
 
 # Jobs selected in the dashboard's job_id variable; ftjob-e2e-other is polled too but not selected.
 SELECTED = ("ftjob-e2e-a", "ftjob-e2e-b", "ftjob-e2e-c", "ftjob-e2e-empty", "ftjob-e2e-missing")
