@@ -243,6 +243,9 @@ class ApiClient:
             AsyncLimiter(1, 1.0 / max_requests_per_second) if max_requests_per_second is not None else None
         )
         self._paused_until = 0.0  # clock() time before which no request goes out (rate-limit headers)
+        # Per job (the id in the request's path): clock() time before which no request about that
+        # job goes out, and the status that asked for it (Retry-After, retry-after-ms).
+        self._held: dict[str, tuple[float, int]] = {}
         self._observe = observe or (lambda endpoint, code: None)
         self._observe_wait = observe_wait or (lambda seconds: None)
         self._sleep = sleep
@@ -258,10 +261,15 @@ class ApiClient:
 
     async def _wait_for_budget(self) -> None:
         started = self._clock()
-        while (pause := self._paused_until - self._clock()) > 0:
-            await self._sleep(pause)
-        if self._budget is not None:
-            await self._budget.acquire()
+        while True:
+            while (pause := self._paused_until - self._clock()) > 0:
+                await self._sleep(pause)
+            if self._budget is not None:
+                await self._budget.acquire()
+            # A pause that began while we queued for the budget holds us too; then a fresh turn,
+            # so that the requests queued meanwhile do not all go at once when it ends.
+            if self._paused_until <= self._clock():
+                break
         waited = self._clock() - started
         if waited > 0:
             self._observe_wait(waited)
@@ -292,7 +300,41 @@ class ApiClient:
 
     # -- one attempt -----------------------------------------------------------------------
 
+    async def _wait_for_job(self, job: str | None) -> None:
+        """Keep a request about a job back while the API asked to wait for that job.
+
+        Every endpoint of the job (checkpoints, events, the job itself) waits, not only the request
+        that got the Retry-After. A wait beyond MAX_RETRY_AFTER is not slept here: the request fails
+        at once with the same status, and the poller holds the job.
+        """
+        if job is None:
+            return
+        while (held := self._held.get(job)) is not None:
+            until, status = held
+            wait = until - self._clock()
+            if wait <= 0:
+                self._held.pop(job, None)
+                return
+            if wait > MAX_RETRY_AFTER:
+                raise ApiError(
+                    f"http_{status}",
+                    f"HTTP {status} asked to wait before the next request about this job: {wait:.0f}s left",
+                    status=status,
+                    retry_after=wait,
+                )
+            await self._sleep(wait)
+
+    def _note_retry_after(self, job: str | None, response: httpx.Response) -> None:
+        asked = retry_after_seconds(response)
+        if job is None or asked is None or asked <= 0:
+            return
+        until = self._clock() + asked
+        if until > self._held.get(job, (0.0, 0))[0]:
+            self._held[job] = (until, response.status_code)
+
     async def _get_once(self, endpoint: str, path: str, params: dict[str, Any]) -> _Reply:
+        job = _job_in(path)
+        await self._wait_for_job(job)
         async with self._slots:
             await self._wait_for_budget()
             try:
@@ -317,6 +359,8 @@ class ApiClient:
                 raise httpx.TransportError(f"{type(exc).__name__}") from exc
         self._observe(endpoint, str(reply.status))
         self._note_rate_limit(reply.response)
+        if reply.status >= 400:
+            self._note_retry_after(job, reply.response)
         if reply.status >= 400 and is_retryable(reply.response):
             raise _Retryable(reply)
         return reply
@@ -352,7 +396,9 @@ class ApiClient:
         if isinstance(exc, _Retryable):
             asked = retry_after_seconds(exc.reply.response)
             if asked is not None and 0 < asked <= MAX_RETRY_AFTER:
-                return asked
+                # The job's hold, noted when the answer came, is the one clock to wait by.
+                held = self._held.get(_job_in(state.args[1]) or "")
+                return max(held[0] - self._clock(), 0.0) if held is not None else asked
         return backoff_seconds(state.attempt_number, self._rng)
 
     async def get_json(self, endpoint: str, path: str, params: dict[str, Any] | None = None) -> Any:
@@ -419,6 +465,15 @@ class ApiClient:
     async def get_job(self, job_id: str) -> Any:
         """One job's raw document (validated by the caller, like list items)."""
         return await self.get_json("job", f"fine_tuning/jobs/{quote(job_id, safe='')}")
+
+
+_JOB_PATH = re.compile(r"^/?fine_tuning/jobs/([^/?#]+)")
+
+
+def _job_in(path: str) -> str | None:
+    """The (encoded) job id a request is about, from its path; None for the jobs listing."""
+    match = _JOB_PATH.match(path)
+    return match.group(1) if match else None
 
 
 class _TooLarge(Exception):

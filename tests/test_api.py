@@ -253,6 +253,34 @@ async def test_retries_spent_carry_the_last_retry_after() -> None:
     assert (caught.value.retry_after, len(api.requests)) == (0.7, 1)
 
 
+async def test_a_retry_after_holds_every_request_about_that_job_and_only_that_job() -> None:
+    api, fake_time = Api(status(429, {"Retry-After": "2"}), ok()), FakeTime()
+    client, _ = make_client(api, fake_time, max_retries=0)
+    with pytest.raises(ApiError):
+        await client.list_checkpoints("ftjob-a", after=None, limit=20)
+    await client.get_json("jobs", "fine_tuning/jobs", {"limit": 100})  # the listing: not held
+    await client.get_json("events", "fine_tuning/jobs/ftjob-b/events")  # another job: not held
+    assert fake_time.sleeps == []
+    await client.get_json("events", "fine_tuning/jobs/ftjob-a/events")  # the same job: held
+    assert fake_time.sleeps == [2.0]
+    await client.get_job("ftjob-a")  # the hold is over
+    assert (fake_time.sleeps, len(api.requests)) == ([2.0], 5)
+
+
+async def test_a_hold_beyond_the_cap_fails_the_job_s_requests_without_sending_them() -> None:
+    api, fake_time = Api(status(429, {"Retry-After": "200"}), ok()), FakeTime()
+    client, _ = make_client(api, fake_time)
+    with pytest.raises(ApiError):
+        await client.list_checkpoints("ftjob-a", after=None, limit=20)
+    fake_time.now += 50
+    with pytest.raises(ApiError) as caught:
+        await client.get_json("events", "fine_tuning/jobs/ftjob-a/events")
+    assert (caught.value.reason, caught.value.retry_after, len(api.requests)) == ("http_429", 150.0, 1)
+    fake_time.now += 150
+    await client.get_json("events", "fine_tuning/jobs/ftjob-a/events")
+    assert (len(api.requests), fake_time.sleeps) == (2, [])
+
+
 # -- the request budget and the rate-limit headers ------------------------------------------
 
 
@@ -290,6 +318,16 @@ async def test_low_remaining_requests_pause_everything_until_the_reset(
     assert (fake_time.sleeps, waits) == ([360.0], [360.0])
     lines = [r.getMessage() for r in caplog.records]
     assert lines == ["API rate limit nearly reached (3 request(s) left): pausing requests for 360s"]
+
+
+async def test_a_request_queued_for_the_budget_when_a_pause_begins_waits_for_it_too() -> None:
+    headers = {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "5s"}
+    api, fake_time = Api(ok(headers=headers), ok()), FakeTime()
+    # 10 a second: the second request waits ~100 ms (real time) for its turn, and by then the
+    # first one's answer has started a pause (on the fake clock).
+    client, _ = make_client(api, fake_time, max_requests_per_second=10)
+    await asyncio.gather(list_page(client), list_page(client))
+    assert (fake_time.sleeps, len(api.requests)) == ([5.0], 2)
 
 
 @pytest.mark.parametrize(
