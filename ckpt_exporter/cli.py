@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ckpt_exporter import __version__
-from ckpt_exporter.logging_setup import setup_logging
+from ckpt_exporter.logging_setup import redact, register_secret, setup_logging
 from ckpt_exporter.settings import (
     Settings,
     SettingsError,
@@ -73,6 +74,9 @@ def _settings_values(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # A settings error quotes the value it rejects: never the key, even one pasted in the wrong place.
+    for name in ("CKPT_EXPORTER_API_KEY", "OPENAI_API_KEY"):
+        register_secret(os.environ.get(name))
     command = args.command or "run"
     try:
         if command == "demo":
@@ -80,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings(_settings_values(args), args.config)
         settings.require_api_key()
     except SettingsError as exc:
-        print(f"ckpt-exporter: {exc}", file=sys.stderr)
+        print(f"ckpt-exporter: {redact(str(exc))}", file=sys.stderr)
         return EXIT_CONFIG
     if command == "check-config":
         print(json.dumps(settings.masked(), indent=2))

@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -104,4 +105,38 @@ class ExporterProcess:
             self.proc.kill()
             out, _ = self.proc.communicate()
         self.output += out or ""
+        return self.output
+
+
+class DrainedExporterProcess(ExporterProcess):
+    """An ExporterProcess whose output is read while it runs.
+
+    ExporterProcess reads the pipe only at stop(): a process that logs more than the pipe holds
+    (64 KiB: DEBUG logging, a long soak) blocks on its next log line until then.
+    """
+
+    def __init__(self, env: dict[str, str], args: list[str] | None = None) -> None:
+        super().__init__(env, args)
+        self._lines: list[str] = []
+        self._reader = threading.Thread(target=self._drain, name="drain", daemon=True)
+        self._reader.start()
+
+    def _drain(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._lines.append(line)
+
+    def output_so_far(self) -> str:
+        return "".join(self._lines)
+
+    def stop(self, timeout: float = 10) -> str:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._reader.join(timeout=5)
+        self.output = "".join(self._lines)
         return self.output
