@@ -416,9 +416,11 @@ class ApiClient:
         except _Retryable as exc:
             reply = exc.reply
         except httpx.TransportError as exc:
+            # The transport's own exception says more than httpx-aiohttp's mapping of it.
+            what = type(exc.__cause__ or exc).__name__
             if _is_timeout(exc):
-                raise ApiError("timeout", f"timed out ({type(exc).__name__})") from None
-            raise ApiError("transport", f"connection failed ({type(exc).__name__})") from None
+                raise ApiError("timeout", f"timed out ({what})") from None
+            raise ApiError("transport", f"connection failed ({what})") from None
         if reply.status >= 400:
             raise ApiError(
                 f"http_{reply.status}",

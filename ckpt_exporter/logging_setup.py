@@ -24,9 +24,9 @@ MIN_SECRET_LENGTH = 6  # shorter strings would redact ordinary words
 
 _PATTERNS = (
     # Authorization: Bearer KEY (any scheme's token after "Bearer")
-    (re.compile(r"(?i)(bearer\s+)(?!\[REDACTED\])[^\s'\",;})\]>]+"), r"\1" + REDACTED),
-    # Azure's api-key header, in headers dumps, reprs and JSON alike
-    (re.compile(r"(?i)(api[-_]key['\"]?\s*[:=]\s*['\"]?)(?!\[REDACTED\])[^\s'\",;})\]>]+"), r"\1" + REDACTED),
+    (re.compile(r"(?i)(bearer\s+)(?!\[REDACTED\])[^\s'\",;})\]>]{8,}"), r"\1" + REDACTED),
+    # Azure's api-key header, in headers dumps, reprs and JSON alike (not the api_key setting's name)
+    (re.compile(r"(?i)(api-key['\"]?\s*[:=]\s*['\"]?)(?!\[REDACTED\])[A-Za-z0-9_\-.]{8,}"), r"\1" + REDACTED),
     # OpenAI key shapes: sk-..., sk-proj-..., sk-svcacct-..., sk-admin-...
     (re.compile(r"\bsk-[A-Za-z0-9_\-]{6,}"), REDACTED),
 )

@@ -505,10 +505,12 @@ def test_key_file_rotation_is_picked_up_and_every_key_is_redacted(tmp_path: Path
 async def test_an_error_message_that_echoes_the_key_is_redacted() -> None:
     KeySource("plainsecret-without-prefix-42")
     echo = status(
-        400, message="bad header Authorization: Bearer plainsecret-without-prefix-42 (api-key: k123456)"
+        400,
+        message="bad header Authorization: Bearer plainsecret-without-prefix-42 "
+        "(api-key: 0123456789abcdef0123456789abcdef)",
     )
     client, _ = make_client(Api(echo))
     with pytest.raises(ApiError) as caught:
         await list_page(client)
-    assert "plainsecret" not in str(caught.value) and "k123456" not in str(caught.value)
+    assert "plainsecret" not in str(caught.value) and "0123456789abcdef" not in str(caught.value)
     assert str(caught.value).endswith(": bad header Authorization: Bearer [REDACTED] (api-key: [REDACTED])")

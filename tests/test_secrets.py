@@ -59,6 +59,10 @@ def test_redact_leaves_ordinary_text_alone() -> None:
     text = "job ftjob-abc: new checkpoint at step 100 (train_loss=0.5) ft:gpt-4o-mini:org::x:ckpt-step-100"
     assert redact(text) == text
     assert redact("task-runner sk-abcdefgh") == "task-runner [REDACTED]"
+    # The settings' own words are not keys.
+    hint = "api_key: no API key; set CKPT_EXPORTER_API_KEY, or api_key_file: /path, a Bearer token"
+    assert redact(hint) == hint
+    assert redact("{'api-key': 'abcdef0123456789'}") == "{'api-key': '[REDACTED]'}"
 
 
 def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
