@@ -39,7 +39,9 @@ def test_defaults() -> None:
     )
 
 
-def test_precedence_cli_over_env_over_file_over_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_precedence_cli_over_env_over_file_over_defaults(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     config = tmp_path / "c.yaml"
     config.write_text("poll_interval_seconds: 5\npage_size: 7\nmax_concurrency: 3\njobs: [ftjob-file]\n")
     monkeypatch.setenv("CKPT_EXPORTER_POLL_INTERVAL_SECONDS", "6")
