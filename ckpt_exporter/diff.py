@@ -205,8 +205,9 @@ class PageWalker(Generic[T]):
         if not page.has_more:
             self._done = True
             return valid
-        last = page.data[-1] if page.data else None
-        cursor = last.get("id") if isinstance(last, dict) else None
+        # The cursor is the last id on the page (an unusable item may still carry one).
+        ids = [raw.get("id") for raw in page.data if isinstance(raw, dict)]
+        cursor = next((i for i in reversed(ids) if isinstance(i, str) and i), None)
         if not isinstance(cursor, str) or cursor in self._cursors or self.requests >= MAX_PAGES:
             raise ApiError("pagination_loop", "the list claims more pages but gives no new cursor")
         self._cursors.add(cursor)

@@ -27,7 +27,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ckpt_exporter.api import ApiClient, ApiError
-from ckpt_exporter.diff import CheckpointDiff, DiffResult
+from ckpt_exporter.diff import CheckpointDiff, DiffResult, Rejected
 from ckpt_exporter.events import EventFeed, EventsResult
 from ckpt_exporter.exposition import RenderedJobs
 from ckpt_exporter.models import NOT_STARTED_STATUSES, TERMINAL_STATUSES, FineTuningJob, ListPage
@@ -89,6 +89,7 @@ class _Job:
     final_read_done: bool = False  # a finished job's last full read is done: no more requests
     not_before: float = 0.0  # no request before this time (Retry-After, 404 backoff)
     not_found: int = 0  # consecutive 404s
+    rejects_logged: set[tuple[str, str]] = field(default_factory=set)  # (list, reason) logged
 
     @property
     def job_id(self) -> str:
@@ -298,9 +299,7 @@ class Poller:
             )
 
     def _events_read(self, job: _Job, result: EventsResult) -> None:
-        for rejected in result.rejected:
-            self._count(job, rejected.reason)
-            log.warning("job %s: ignored an event (%s): %s", job.job_id, rejected.reason, rejected.detail)
+        self._rejected(job, result.rejected, "events")
         for event in result.new:
             if event.level in ("warn", "error"):
                 log.info("job %s: %s event: %s", job.job_id, event.level, event.message[:200])
@@ -314,6 +313,22 @@ class Poller:
             ),
         )
 
+    def _rejected(self, job: _Job, rejected: list[Rejected], source: str) -> None:
+        """Count every unusable item; log each reason once while it keeps coming back."""
+        reasons = {(source, item.reason) for item in rejected}
+        for item in rejected:
+            self._count(job, item.reason)
+            if (source, item.reason) not in job.rejects_logged:
+                job.rejects_logged.add((source, item.reason))
+                log.warning(
+                    "job %s: ignored an item of the %s list (%s): %s (counted; logged once while it recurs)",
+                    job.job_id,
+                    source,
+                    item.reason,
+                    item.detail,
+                )
+        job.rejects_logged &= reasons | {r for r in job.rejects_logged if r[0] != source}
+
     def _count(self, job: _Job, reason: str) -> None:
         job.errors[reason] = job.errors.get(reason, 0) + 1
 
@@ -326,7 +341,7 @@ class Poller:
                 delay = min(self._poll_interval * 2 ** (job.not_found - 1), NOT_FOUND_MAX_BACKOFF)
                 job.not_before = now + delay
                 log.warning(
-                    "job %s: not found (HTTP 404): it does not exist or was deleted; next try in %.0fs",
+                    "job %s: not found (HTTP 404): it does not exist or was deleted; next try in %.3gs",
                     job.job_id,
                     delay,
                 )
@@ -370,14 +385,7 @@ class Poller:
         if job.last_error is not None:
             log.info("job %s: polls succeed again", job_id)
             job.last_error = None
-        for rejected in result.rejected:
-            self._count(job, rejected.reason)
-            log.warning(
-                "job %s: ignored an item of the API's answer (%s): %s",
-                job_id,
-                rejected.reason,
-                rejected.detail,
-            )
+        self._rejected(job, result.rejected, "checkpoints")
         discovered = job.snapshot.discovered_total
         if not job.read_once:
             job.read_once = True

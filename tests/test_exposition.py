@@ -61,7 +61,10 @@ def test_samples_are_exact_and_absent_fields_have_none() -> None:
         ("openai_fine_tuning_job_latest_step", frozenset({("job_id", "ftjob-a")})): 88.0,
         ("ckpt_exporter_job_up", frozenset({("job_id", "ftjob-a")})): 1.0,
         ("ckpt_exporter_job_up", frozenset({("job_id", "ftjob-b")})): 0.0,
-        ("ckpt_exporter_job_last_success_timestamp_seconds", frozenset({("job_id", "ftjob-a")})): 1_712_300_000.5,
+        (
+            "ckpt_exporter_job_last_success_timestamp_seconds",
+            frozenset({("job_id", "ftjob-a")}),
+        ): 1_712_300_000.5,
         ("ckpt_exporter_checkpoints_discovered_total", frozenset({("job_id", "ftjob-a")})): 2.0,
         ("ckpt_exporter_checkpoints_discovered_total", frozenset({("job_id", "ftjob-b")})): 0.0,
         ("ckpt_exporter_api_errors_total", frozenset({("job_id", "ftjob-a"), ("reason", "http_500")})): 3.0,
