@@ -21,7 +21,7 @@ from ckpt_exporter.diff import FetchPage, Order, PageWalker, Rejected, describe
 from ckpt_exporter.models import CheckpointMetrics
 
 EVENT_LEVELS = ("info", "warn", "error")
-SEEN_MEMORY = 1000  # ids of the most recent events kept to recognise them on the next read
+SEEN_MEMORY = 100  # ids of the most recent events kept to recognise them on the next read
 FIRST_READ_MAX_PAGES = 50  # an oldest-first history longer than this is skipped to its end
 
 

@@ -29,6 +29,8 @@ from typing import Any
 
 from aiohttp import web
 
+TERMINAL = ("succeeded", "failed", "cancelled")
+
 
 @dataclass
 class FakeJob:
@@ -371,13 +373,20 @@ class FakeApi(_FaultInjection):
                 job.created_at = created_at
             for name, value in fields.items():
                 setattr(job, name, value)
+            if status in TERMINAL and job.finished_at is None:
+                job.finished_at = job.created_at + 60
             self.jobs[job_id] = job
             return job
 
     def update_job(self, job_id: str, **fields: Any) -> None:
-        """Change a job's attributes, e.g. update_job(id, status="succeeded", trained_tokens=1000)."""
+        """Change a job's attributes, e.g. update_job(id, status="succeeded", trained_tokens=1000).
+
+        A job that turns succeeded, failed or cancelled gets finished_at = now unless given.
+        """
         with self._lock:
             job = self.jobs[job_id]
+            if fields.get("status") in TERMINAL and job.status not in TERMINAL:
+                fields.setdefault("finished_at", int(time.time()))
             for name, value in fields.items():
                 setattr(job, name, value)
 

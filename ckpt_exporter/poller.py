@@ -38,7 +38,8 @@ log = logging.getLogger(__name__)
 
 IDLE_STATUSES = NOT_STARTED_STATUSES | {"paused"}  # no new checkpoints: no checkpoint requests
 LIST_LIMIT = 100  # jobs per listing page
-MAX_STATUS_PAGES = 10  # the status refresh reads individually what these pages do not reach
+MAX_STATUS_PAGES = 1000  # the status refresh reads individually what these pages do not reach
+FINISHED_MARGIN = 60.0  # a full read started this long after finished_at holds every checkpoint
 MAX_DISCOVERY_PAGES = 1000
 NOT_FOUND_MAX_BACKOFF = 3600.0
 
@@ -89,6 +90,7 @@ class _Job:
     final_read_done: bool = False  # a finished job's last full read is done: no more requests
     not_before: float = 0.0  # no request before this time (Retry-After, 404 backoff)
     not_found: int = 0  # consecutive 404s
+    full_read_at: float | None = None  # when the latest successful full read started
     rejects_logged: set[tuple[str, str]] = field(default_factory=set)  # (list, reason) logged
 
     @property
@@ -265,6 +267,7 @@ class Poller:
         final = job.status in TERMINAL_STATUSES
         if final:
             job.diff.force_full_read()
+        started = self._clock()
 
         async def checkpoints(after: str | None, limit: int) -> ListPage:
             return await self._client.list_checkpoints(job.job_id, after=after, limit=limit)
@@ -282,6 +285,10 @@ class Poller:
                 raise outcome
         failures = [outcome for outcome in outcomes if isinstance(outcome, ApiError)]
         if isinstance(outcomes[0], DiffResult):
+            if outcomes[0].full_read:
+                job.full_read_at = started
+                document = job.snapshot.job  # the status may have arrived while we read
+                final = final or (document is not None and self._read_since_finished(job, document))
             self._succeeded(job, outcomes[0])
         if len(outcomes) > 1 and isinstance(outcomes[1], EventsResult):
             self._events_read(job, outcomes[1])
@@ -425,9 +432,23 @@ class Poller:
             if old is not None:
                 log.info("job %s: status %s -> %s", job.job_id, old, document.status)
             if document.status not in TERMINAL_STATUSES or old not in TERMINAL_STATUSES:
-                job.final_read_done = False
+                job.final_read_done = self._read_since_finished(job, document)
         if job.snapshot.job != document:
             self._publish(job, replace(job.snapshot, job=document))
+
+    @staticmethod
+    def _read_since_finished(job: _Job, document: FineTuningJob) -> bool:
+        """A full read that started after the job finished already was its final read.
+
+        So a finished job met for the first time (at startup, or found by discovery) costs one
+        read, not two.
+        """
+        return (
+            document.status in TERMINAL_STATUSES
+            and document.finished_at is not None
+            and job.full_read_at is not None
+            and job.full_read_at >= document.finished_at + FINISHED_MARGIN
+        )
 
     def _validate_jobs(self, page: ListPage) -> list[FineTuningJob]:
         documents = []

@@ -255,3 +255,17 @@ async def test_shards_together_export_exactly_what_one_replica_exports(total: in
         union.update(part)
     assert union == whole
     assert len(whole) > 40 * 5
+
+
+async def test_a_job_that_finished_before_its_first_read_costs_one_read() -> None:
+    api = FakeApi(api_key=API_KEY)
+    # finished_at defaults to created_at + 60 s for a job added as finished: long before our read.
+    add_jobs(api, {"ftjob-old-done": {"status": "succeeded", "created_at": NOW - 10 * DAY}, "ftjob-run": {}})
+    async with poller_for(api) as (poller, jobs):
+        poller.set_jobs(api.jobs)
+        for _ in range(4):
+            await poller.poll_once()
+        assert api.count("checkpoints", "ftjob-old-done") == 1
+        assert api.count("checkpoints", "ftjob-run") == 4
+        done = frozenset({("job_id", "ftjob-old-done"), ("step", "20")})
+        assert exported(jobs)[("openai_fine_tuning_checkpoint_train_loss", done)] == 0.4
