@@ -89,9 +89,9 @@ def test_cached_body_equals_rendering_everything_at_once() -> None:
 def test_update_remove_and_unchanged_snapshot() -> None:
     jobs = RenderedJobs()
     jobs.update(JOB_A)
-    first = jobs.body(False)
+    first, version = jobs.body(False), jobs.version
     jobs.update(JobSnapshot(**{**JOB_A.__dict__}))  # equal snapshot: nothing re-rendered
-    assert jobs.body(False) is first
+    assert (jobs.body(False), jobs.version) == (first, version)
     jobs.update(JOB_B)
     jobs.remove("ftjob-a")
     assert 'job_id="ftjob-a"' not in jobs.body(False).decode()
@@ -137,3 +137,36 @@ def test_gzip_body_is_reused_until_the_next_change() -> None:
     jobs.update(JOB_B)
     assert gzip.decompress(jobs.gzip_body(False, b"")) == jobs.body(False)
     assert b'job_id="ftjob-b"' in jobs.body(False)
+
+
+def test_a_poll_state_change_rerenders_only_what_changed_and_stays_exact() -> None:
+    from dataclasses import replace
+
+    jobs = RenderedJobs()
+    jobs.update(JOB_A)
+    polled = replace(JOB_A, up=False, last_success=1_712_300_060.0, errors=(("http_500", 4),))
+    jobs.update(polled)
+    fresh = RenderedJobs()
+    fresh.update(polled)
+    for openmetrics in (False, True):
+        assert jobs.body(openmetrics) == fresh.body(openmetrics)
+    samples = parse_samples(jobs.body(False).decode())
+    assert samples[("ckpt_exporter_job_up", frozenset({("job_id", "ftjob-a")}))] == 0.0
+    assert samples[("openai_fine_tuning_checkpoint_train_loss", by_labels("ftjob-a", "88"))] == 0.478
+
+
+def test_background_rebuilds_follow_changes() -> None:
+    from tests.helpers import wait_for
+
+    jobs = RenderedJobs()
+    jobs.update(JOB_A)
+    jobs.start(debounce=0.01)
+    try:
+        assert b'job_id="ftjob-b"' not in jobs.body(False)  # served once: now rebuilt ahead
+        jobs.update(JOB_B)
+        assert wait_for(lambda: b'job_id="ftjob-b"' in jobs.body(False), 5)
+        assert gzip.decompress(jobs.gzip_body(False, b"")) == jobs.body(False)
+        jobs.remove("ftjob-a")
+        assert wait_for(lambda: b'job_id="ftjob-a"' not in jobs.body(False), 5)
+    finally:
+        jobs.stop()
