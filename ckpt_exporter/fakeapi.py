@@ -487,9 +487,7 @@ class FakeApi(_FaultInjection):
         return None
 
     async def _jobs(self, request: web.Request) -> web.Response:
-        if self.latency:
-            await asyncio.sleep(self.latency)
-        if (error := self._check(request, "jobs", "")) is not None:
+        if (error := await self._admit(request, "jobs", "")) is not None:
             return error
         wanted = {k[len("metadata[") : -1]: v for k, v in request.query.items() if k.startswith("metadata[")}
         with self._lock:
@@ -502,37 +500,38 @@ class FakeApi(_FaultInjection):
         page = _page(items, request.query, default_limit=20)
         return web.json_response({"object": "list", "data": page["data"], "has_more": page["has_more"]})
 
-    async def _job(self, request: web.Request) -> web.Response:
+    async def _admit(self, request: web.Request, endpoint: str, job_id: str) -> web.Response | None:
+        """Simulated latency, then the request log, the key and the job's existence."""
         if self.latency:
             await asyncio.sleep(self.latency)
+        return self._check(request, endpoint, job_id)
+
+    async def _job(self, request: web.Request) -> web.Response:
         job_id = request.match_info["job_id"]
-        if (error := self._check(request, "job", job_id)) is not None:
+        if (error := await self._admit(request, "job", job_id)) is not None:
             return error
         with self._lock:
             return web.json_response(self.jobs[job_id].document())
 
-    async def _events(self, request: web.Request) -> web.Response:
-        if self.latency:
-            await asyncio.sleep(self.latency)
+    async def _job_list(self, request: web.Request, endpoint: str, default_limit: int) -> web.Response:
+        """A job's checkpoints or events, in the job's order, a page at a time."""
         job_id = request.match_info["job_id"]
-        if (error := self._check(request, "events", job_id)) is not None:
+        if (error := await self._admit(request, endpoint, job_id)) is not None:
             return error
         with self._lock:
             job = self.jobs[job_id]
-            items = list(reversed(job.events)) if job.newest_first else list(job.events)
-        page = _page(items, request.query, default_limit=20)
-        return web.json_response({"object": "list", "data": page["data"], "has_more": page["has_more"]})
+            listed = job.checkpoints if endpoint == "checkpoints" else job.events
+            items = list(reversed(listed)) if job.newest_first else list(listed)
+        page = _page(items, request.query, default_limit)
+        if endpoint == "events":  # the events list has no first_id / last_id
+            page = {"object": "list", "data": page["data"], "has_more": page["has_more"]}
+        return web.json_response(page)
+
+    async def _events(self, request: web.Request) -> web.Response:
+        return await self._job_list(request, "events", 20)
 
     async def _checkpoints(self, request: web.Request) -> web.Response:
-        if self.latency:
-            await asyncio.sleep(self.latency)
-        job_id = request.match_info["job_id"]
-        if (error := self._check(request, "checkpoints", job_id)) is not None:
-            return error
-        with self._lock:
-            job = self.jobs[job_id]
-            items = list(reversed(job.checkpoints)) if job.newest_first else list(job.checkpoints)
-        return web.json_response(_page(items, request.query))
+        return await self._job_list(request, "checkpoints", 10)
 
 
 def _page(items: list[dict[str, Any]], query: Any, default_limit: int = 10) -> dict[str, Any]:
