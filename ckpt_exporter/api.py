@@ -3,14 +3,16 @@
 The client speaks in pages; what to ask for (and when to stop) is the diff layer's business.
 
 Every attempt goes through the same gate, shared by all jobs: a slot (at most `max_in_flight`
-requests at once), then a pause while the API's rate-limit headers say the account is nearly out
-of requests, then the request-rate budget (`max_requests_per_second`, no bursts). Failures are
-retried as the official OpenAI SDK retries them; what is left is an ApiError with a bounded reason.
+requests at once, the jobs listing's pages first in line), then a pause while the API's rate-limit
+headers say the account is nearly out of requests, then the request-rate budget
+(`max_requests_per_second`, no bursts). Failures are retried as the official OpenAI SDK retries
+them; what is left is an ApiError with a bounded reason.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import json
 import logging
@@ -21,7 +23,7 @@ from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import httpx
 from aiolimiter import AsyncLimiter
@@ -30,6 +32,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
 from ckpt_exporter.logging_setup import redact, register_secret
 from ckpt_exporter.models import ListPage
+from ckpt_exporter.slots import PrioritySlots
 
 log = logging.getLogger(__name__)
 
@@ -235,8 +238,10 @@ class ApiClient:
         max_response_bytes: int = MAX_RESPONSE_BYTES,
     ) -> None:
         self._http = http
+        self._base_url = str(http.base_url)  # ends with "/"
+        self._extensions = {"timeout": http.timeout.as_dict()}
         self._max_retries = max_retries
-        self._slots = asyncio.Semaphore(max_in_flight)  # held per attempt, not during backoff
+        self._slots = PrioritySlots(max_in_flight)  # held per attempt, not during backoff
         self._low_water = max_in_flight  # requests that may be in flight when an answer arrives
         # No bursts: one request per 1/rate seconds, in arrival order (aiolimiter is FIFO-fair).
         self._budget = (
@@ -335,7 +340,8 @@ class ApiClient:
     async def _get_once(self, endpoint: str, path: str, params: dict[str, Any]) -> _Reply:
         job = _job_in(path)
         await self._wait_for_job(job)
-        async with self._slots:
+        # The jobs listing (no job in its path) is walked page after page: it goes first in line.
+        async with self._slots.hold(urgent=job is None):
             await self._wait_for_budget()
             try:
                 async with asyncio.timeout(self._attempt_timeout):
@@ -365,8 +371,19 @@ class ApiClient:
             raise _Retryable(reply)
         return reply
 
+    def _request(self, path: str, params: dict[str, Any]) -> httpx.Request:
+        """The GET for `path` (relative to the base URL) with `params` after the client's own.
+
+        Built here rather than by `client.stream("GET", path, params=...)`: httpx's request builder
+        parses and merges the URL three times over, a fifth of the exporter's CPU per request.
+        """
+        query = urlencode([*self._http.params.multi_items(), *params.items()], quote_via=quote)
+        url = httpx.URL(f"{self._base_url}{path}?{query}" if query else f"{self._base_url}{path}")
+        return httpx.Request("GET", url, headers=self._http.headers, extensions=self._extensions)
+
     async def _fetch(self, path: str, params: dict[str, Any]) -> _Reply:
-        async with self._http.stream("GET", path, params=params) as response:
+        response = await self._http.send(self._request(path, params), stream=True)
+        async with contextlib.aclosing(response):
             declared = response.headers.get("content-length")
             if declared is not None and declared.isdigit() and int(declared) > self._max_response_bytes:
                 raise _TooLarge(response.status_code, int(declared), self._max_response_bytes)
@@ -401,9 +418,27 @@ class ApiClient:
                 return max(held[0] - self._clock(), 0.0) if held is not None else asked
         return backoff_seconds(state.attempt_number, self._rng)
 
-    async def get_json(self, endpoint: str, path: str, params: dict[str, Any] | None = None) -> Any:
-        """GET a JSON document, retrying what the OpenAI SDK retries; ApiError when it fails for good."""
-        clean = {k: v for k, v in (params or {}).items() if v is not None}
+    async def _get_with_retries(self, endpoint: str, path: str, params: dict[str, Any]) -> _Reply:
+        """The first attempt, then tenacity's retries only if it failed in a way worth retrying.
+
+        Nearly every request succeeds at once, and a retry object per request costs as much CPU as
+        the rest of the request; so tenacity is handed the first attempt's failure as its own first
+        attempt (the same attempt numbers, waits and stops as if it had made it).
+        """
+        try:
+            return await self._get_once(endpoint, path, params)
+        except BaseException as exc:
+            if not _should_retry(exc):
+                raise
+            first: BaseException | None = exc
+
+        async def attempt(endpoint: str, path: str, params: dict[str, Any]) -> _Reply:
+            nonlocal first
+            if first is not None:
+                failure, first = first, None
+                raise failure
+            return await self._get_once(endpoint, path, params)
+
         retrying = AsyncRetrying(
             stop=self._stop,
             wait=self._wait,
@@ -411,8 +446,14 @@ class ApiClient:
             sleep=self._sleep,
             reraise=True,
         )
+        reply: _Reply = await retrying(attempt, endpoint, path, params)
+        return reply
+
+    async def get_json(self, endpoint: str, path: str, params: dict[str, Any] | None = None) -> Any:
+        """GET a JSON document, retrying what the OpenAI SDK retries; ApiError when it fails for good."""
+        clean = {k: v for k, v in (params or {}).items() if v is not None}
         try:
-            reply: _Reply = await retrying(self._get_once, endpoint, path, clean)
+            reply = await self._get_with_retries(endpoint, path, clean)
         except _Retryable as exc:
             reply = exc.reply
         except httpx.TransportError as exc:

@@ -15,21 +15,26 @@ import collections
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, StrictInt, TypeAdapter, ValidationError
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from ckpt_exporter.diff import FetchPage, Order, PageWalker, Rejected, describe
-from ckpt_exporter.models import CheckpointMetrics
+from ckpt_exporter.models import KEPT, CheckpointMetrics
 
 EVENT_LEVELS = ("info", "warn", "error")
 SEEN_MEMORY = 100  # ids of the most recent events kept to recognise them on the next read
 FIRST_READ_MAX_PAGES = 50  # an oldest-first history longer than this is skipped to its end
 
 
+@pydantic_dataclass(config=KEPT, frozen=True, slots=True)
 class MetricsEventData(CheckpointMetrics):
     """The data of a `metrics` event: a checkpoint's metric fields, an integer step, total_steps."""
 
-    step: int | None = None
-    total_steps: int | None = None
+    step: StrictInt | None = None
+    total_steps: StrictInt | None = None
+
+
+_metrics_event_data = TypeAdapter(MetricsEventData)
 
 
 class JobEvent(BaseModel):
@@ -135,7 +140,7 @@ class EventFeed:
             if event.type != "metrics" or event.data is None:
                 continue
             try:
-                out.append((event, MetricsEventData.model_validate(event.data)))
+                out.append((event, _metrics_event_data.validate_python(event.data)))
             except ValidationError as exc:
                 result.rejected.append(Rejected("invalid_event", describe(exc)))
         return out

@@ -30,7 +30,7 @@ from ckpt_exporter.api import ApiClient, ApiError
 from ckpt_exporter.diff import CheckpointDiff, DiffResult, Rejected
 from ckpt_exporter.events import EventFeed, EventsResult
 from ckpt_exporter.exposition import RenderedJobs
-from ckpt_exporter.models import NOT_STARTED_STATUSES, TERMINAL_STATUSES, FineTuningJob, ListPage
+from ckpt_exporter.models import NOT_STARTED_STATUSES, TERMINAL_STATUSES, FineTuningJob, ListPage, parse_job
 from ckpt_exporter.selfmetrics import SelfMetrics
 from ckpt_exporter.snapshot import JobSnapshot
 
@@ -454,7 +454,7 @@ class Poller:
         documents = []
         for raw in page.data:
             try:
-                documents.append(FineTuningJob.model_validate(raw))
+                documents.append(parse_job(raw))
             except ValidationError as exc:
                 log.warning("jobs listing: ignored an invalid job (%s)", exc.errors()[0]["msg"])
         return documents
@@ -508,7 +508,7 @@ class Poller:
             return
         try:
             raw = await self._client.get_job(job.job_id)
-            document = FineTuningJob.model_validate(raw)
+            document = parse_job(raw)
         except ApiError as exc:
             self._failed(job, exc)
             return

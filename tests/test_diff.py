@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from pydantic import TypeAdapter
 
 from ckpt_exporter.api import ApiError
 from ckpt_exporter.diff import CheckpointDiff, Order, learn_order
@@ -147,7 +148,7 @@ async def test_invalid_items_and_other_jobs_are_rejected_and_the_rest_kept() -> 
 )
 async def test_pagination_loops_fail_the_poll_and_keep_the_state(pages: list[ListPage]) -> None:
     diff = CheckpointDiff(JOB)
-    diff.known = {"ckpt-0": Checkpoint.model_validate(raw(0))}
+    diff.known = {"ckpt-0": TypeAdapter(Checkpoint).validate_python(raw(0))}
     served = iter(pages)
 
     async def fetch(after: str | None, limit: int) -> ListPage:
@@ -160,7 +161,7 @@ async def test_pagination_loops_fail_the_poll_and_keep_the_state(pages: list[Lis
 
 
 def test_learn_order() -> None:
-    c = [Checkpoint.model_validate(raw(s)) for s in (1, 2, 3)]
+    c = [TypeAdapter(Checkpoint).validate_python(raw(s)) for s in (1, 2, 3)]
     assert learn_order(c) is Order.OLDEST_FIRST
     assert learn_order(c[::-1]) is Order.NEWEST_FIRST
     assert learn_order(c[:1]) is None

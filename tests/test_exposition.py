@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
+from pydantic import TypeAdapter
 
 from ckpt_exporter.exposition import RenderedJobs, job_families, render
 from ckpt_exporter.models import Checkpoint
@@ -15,7 +16,7 @@ from tests.helpers import parse_samples
 
 
 def checkpoint(job: str, step: int, **metrics: float | None) -> Checkpoint:
-    return Checkpoint.model_validate(
+    return TypeAdapter(Checkpoint).validate_python(
         {
             "id": f"{job}-ckpt-{step}",
             "created_at": 1_712_211_699 + step,

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import TypeAdapter
 
 from ckpt_exporter.events import MetricsEventData
 from ckpt_exporter.exposition import RenderedJobs
@@ -29,7 +31,7 @@ def documented() -> dict[str, tuple[str, frozenset[str]]]:
 
 def served() -> dict[str, tuple[str, frozenset[str]]]:
     """Every family the exporter serves, from a state where every metric has samples."""
-    checkpoint = Checkpoint.model_validate(
+    checkpoint = TypeAdapter(Checkpoint).validate_python(
         {
             "id": "c1",
             "created_at": 1,
@@ -47,10 +49,12 @@ def served() -> dict[str, tuple[str, frozenset[str]]]:
         }
     )
     jobs = RenderedJobs()
-    job = FineTuningJob.model_validate(
+    job = TypeAdapter(FineTuningJob).validate_python(
         {"id": "j", "status": "running", "created_at": 1, "trained_tokens": 5, "estimated_finish": 9}
     )
-    live = MetricsEventData.model_validate({**checkpoint.metrics.model_dump(), "step": 1, "total_steps": 2})
+    live = TypeAdapter(MetricsEventData).validate_python(
+        {**dataclasses.asdict(checkpoint.metrics), "step": 1, "total_steps": 2}
+    )
     jobs.update(
         JobSnapshot(
             "j",
