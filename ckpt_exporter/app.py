@@ -96,6 +96,8 @@ def build_account(
         poll_interval=settings.poll_interval_seconds,
         discovery=discovery_of(account),
         shard=Shard(settings.shard, settings.total_shards),
+        # A job's poll makes up to two requests at once: twice as many polls keep every slot busy.
+        max_active_polls=2 * settings.max_concurrency,
     )
     poller.set_jobs(account.jobs)
     return Account(account.name, http, poller)

@@ -9,7 +9,10 @@ What a tick costs, per account:
 
 Every job is polled by a task of its own, started without waiting for the status refresh (which
 runs beside them), so a job that is slow or failing never delays another, and a job whose status
-turned terminal gets its final read as soon as the refresh sees it, or at the next tick.
+turned terminal gets its final read as soon as the refresh sees it, or at the next tick. At most
+`max_active_polls` of those tasks exist at once (the rest wait their turn in a queue): enough to
+keep every request slot busy, while 10,000 jobs do not mean 10,000 tasks, and their memory, at
+every tick.
 """
 
 from __future__ import annotations
@@ -126,6 +129,7 @@ class Poller:
         poll_interval: float = 60.0,
         discovery: Discovery | None = None,
         shard: Shard = Shard(),
+        max_active_polls: int = 64,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._client = client
@@ -139,7 +143,9 @@ class Poller:
         self._shard = shard
         self._clock = clock
         self._jobs: dict[str, _Job] = {}
-        self._in_flight: dict[str, asyncio.Task[None]] = {}
+        # Jobs whose poll is running (its task) or queued for a turn (None).
+        self._in_flight: dict[str, asyncio.Task[None] | None] = {}
+        self._turns = asyncio.Semaphore(max_active_polls)
         self._cycles: set[asyncio.Task[None]] = set()
         self._status_task: asyncio.Task[None] | None = None
         self._discovery_task: asyncio.Task[None] | None = None
@@ -223,7 +229,7 @@ class Poller:
             await asyncio.gather(*self._cycles, return_exceptions=True)
 
     async def stop(self) -> None:
-        tasks = [*self._in_flight.values(), *self._cycles]
+        tasks = [*(t for t in self._in_flight.values() if t is not None), *self._cycles]
         tasks += [t for t in (self._status_task, self._discovery_task) if t is not None]
         for task in tasks:
             task.cancel()
@@ -234,9 +240,12 @@ class Poller:
         self._metrics.poll_duration.observe(max(self._clock() - started, 0.0))
 
     def _dispatch(self, only: Callable[[_Job], bool] | None = None) -> list[asyncio.Task[None]]:
-        """Start a poll of every job that needs one now; mark idle jobs as polled."""
+        """Queue a poll of every job that needs one now; mark idle jobs as polled.
+
+        Returns the task that runs the queued polls (none if nothing is due).
+        """
         now = self._clock()
-        tasks = []
+        due = []
         for job in self._jobs.values():
             if job.job_id in self._in_flight or now < job.not_before or (only and not only(job)):
                 continue
@@ -244,13 +253,31 @@ class Poller:
                 if not job.snapshot.polled:
                     self._publish(job, replace(job.snapshot, polled=True, up=True))
                 continue
-            task = asyncio.create_task(self._poll_job(job), name=f"poll {job.job_id}")
-            self._in_flight[job.job_id] = task
-            task.add_done_callback(functools.partial(self._done, job.job_id))
-            tasks.append(task)
-        return tasks
+            self._in_flight[job.job_id] = None
+            due.append(job)
+        return [asyncio.create_task(self._poll_in_turn(due), name="polls")] if due else []
+
+    async def _poll_in_turn(self, jobs: list[_Job]) -> None:
+        """Poll `jobs`, each in a task of its own once one of the turns is free."""
+        tasks = []
+        try:
+            for job in jobs:
+                await self._turns.acquire()
+                if self._jobs.get(job.job_id) is not job or self._in_flight.get(job.job_id, 0) is not None:
+                    self._turns.release()  # removed (or re-added) while it waited
+                    continue
+                task = asyncio.create_task(self._poll_job(job), name=f"poll {job.job_id}")
+                self._in_flight[job.job_id] = task
+                task.add_done_callback(functools.partial(self._done, job.job_id))
+                tasks.append(task)
+        finally:
+            for job in jobs:  # the ones a cancellation left in the queue
+                if job.job_id in self._in_flight and self._in_flight[job.job_id] is None:
+                    del self._in_flight[job.job_id]
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def _done(self, job_id: str, task: asyncio.Task[None]) -> None:
+        self._turns.release()
         if self._in_flight.get(job_id) is task:
             del self._in_flight[job_id]
         if not task.cancelled() and task.exception() is not None:
@@ -472,10 +499,11 @@ class Poller:
         def finishing(job: _Job) -> bool:
             return job.status in TERMINAL_STATUSES and not job.final_read_done
 
+        # (A poll still queued reads the status when it starts: it is the final read already.)
         started = [
-            self._in_flight[j.job_id]
+            task
             for j in self._jobs.values()
-            if finishing(j) and j.job_id in self._in_flight
+            if finishing(j) and (task := self._in_flight.get(j.job_id)) is not None
         ]
         await asyncio.gather(*started, return_exceptions=True)
         await asyncio.gather(*self._dispatch(only=finishing), return_exceptions=True)
