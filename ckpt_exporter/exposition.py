@@ -237,9 +237,13 @@ class _Assembled:
     gzip_state: zlib._Compress
 
     @classmethod
-    def of(cls, body: bytes) -> _Assembled:
+    def of(cls, chunks: Iterable[bytes]) -> _Assembled:
+        """Compressed chunk by chunk: the whole body is never one string in memory, and the GIL is
+        held only while each chunk is joined (zlib releases it while it compresses)."""
         state = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
-        return cls(state.compress(body) + state.flush(zlib.Z_SYNC_FLUSH), state)
+        parts = [state.compress(chunk) for chunk in chunks]
+        parts.append(state.flush(zlib.Z_SYNC_FLUSH))
+        return cls(b"".join(parts), state)
 
     def body(self) -> bytes:
         return zlib.decompressobj(31).decompress(self.gzip_prefix)
@@ -329,26 +333,27 @@ class RenderedJobs:
         with self._lock:
             return dict(self._snapshots)
 
-    def _join(self, openmetrics: bool) -> tuple[int, bytes]:
+    def _assemble(self, openmetrics: bool) -> tuple[int, _Assembled]:
+        """The body of every job's series, family by family (jobs sorted by id), gzipped."""
         with self._lock:
             version = self._version
             fragments = [self._fragments[job_id] for job_id in sorted(self._fragments)]
         headers = self._formats[openmetrics].headers
-        parts: list[bytes] = []
-        for position, header in enumerate(headers):
-            lines = [fragment[position] for fragment in fragments if position in fragment]
-            if lines:
-                parts.append(header)
-                parts.extend(lines)
-        return version, b"".join(parts)
+
+        def families() -> Iterator[bytes]:
+            for position, header in enumerate(headers):
+                lines = [fragment[position] for fragment in fragments if position in fragment]
+                if lines:
+                    yield header + b"".join(lines)
+
+        return version, _Assembled.of(families())
 
     def _current(self, openmetrics: bool) -> _Assembled:
         with self._lock:
             self._served[openmetrics] = time.monotonic()
             assembled = self._assembled.get(openmetrics)
         if assembled is None:
-            version, body = self._join(openmetrics)
-            assembled = _Assembled.of(body)
+            version, assembled = self._assemble(openmetrics)
             with self._lock:
                 if version == self._version:
                     assembled = self._assembled.setdefault(openmetrics, assembled)
@@ -395,9 +400,7 @@ class RenderedJobs:
                     if openmetrics not in wanted:
                         self._assembled.pop(openmetrics, None)  # built again if it is asked for
             for openmetrics in wanted:
-                # zlib releases the GIL while it compresses: that part runs beside the event loop.
-                _, body = self._join(openmetrics)
-                assembled = _Assembled.of(body)
+                _, assembled = self._assemble(openmetrics)
                 with self._lock:
                     self._assembled[openmetrics] = assembled
             cost = time.monotonic() - started
