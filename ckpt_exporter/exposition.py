@@ -229,6 +229,16 @@ class _Format:
 
 
 @dataclass
+class _Prefix:
+    """The gzip stream of the families that rarely change, up to where the volatile ones begin;
+    `state` is the compressor there, copied to go on with the volatile families."""
+
+    stable_version: int
+    gzip: bytes
+    state: zlib._Compress
+
+
+@dataclass
 class _Assembled:
     """A joined body, kept gzipped: the compressor's state after it is kept too, so that each
     scrape only compresses its own small tail and the result is one ordinary gzip member."""
@@ -237,11 +247,12 @@ class _Assembled:
     gzip_state: zlib._Compress
 
     @classmethod
-    def of(cls, chunks: Iterable[bytes]) -> _Assembled:
-        """Compressed chunk by chunk: the whole body is never one string in memory, and the GIL is
-        held only while each chunk is joined (zlib releases it while it compresses)."""
-        state = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
-        parts = [state.compress(chunk) for chunk in chunks]
+    def of(cls, prefix: _Prefix, chunks: Iterable[bytes]) -> _Assembled:
+        """The prefix, then the chunks compressed one by one: the whole body is never one string
+        in memory, and the GIL is held only while each chunk is joined (zlib releases it while it
+        compresses)."""
+        state = prefix.state.copy()
+        parts = [prefix.gzip, *(state.compress(chunk) for chunk in chunks)]
         parts.append(state.flush(zlib.Z_SYNC_FLUSH))
         return cls(b"".join(parts), state)
 
@@ -259,6 +270,13 @@ class RenderedJobs:
     A job's sample lines are the same bytes in the text format and in OpenMetrics (only the family
     headers differ), so each job is rendered once, and after most polls only its poll-state
     families (job_up, last success, counters) are rendered again.
+
+    The families come in two runs: the stable ones (checkpoints, status, job info), which change
+    when a checkpoint appears or a status moves, then the volatile ones (live training metrics,
+    event counts, poll state), which change with nearly every poll of a running job. The gzip
+    stream of the stable run is kept with its compressor, so a rebuild after polls that changed
+    only volatile families compresses those alone: at 10,000 jobs of which 1,000 run, a tenth of
+    the body.
 
     Thread-safe: the poller updates from the event loop, the HTTP server reads from its threads.
     By default the joined bodies are rebuilt lazily, by the first scrape after a change. Once
@@ -278,6 +296,10 @@ class RenderedJobs:
         text_order = split_by_family(render(lambda: job_families([]), False))[0]
         self._position = {name: index for index, name in enumerate(text_order)}
         self._poll_state_from = len(text_order) - len(poll_state_families([]))
+        self._volatile_from = self._position["openai_fine_tuning_job_" + LIVE_FIELDS[0]]
+        assert self._volatile_from < self._poll_state_from, "the volatile families come last"
+        self._stable_version = 0  # bumped by a change to a stable family
+        self._prefixes: dict[bool, _Prefix] = {}
         self._fragments: dict[str, dict[int, bytes]] = {}  # job -> family position -> lines
         self._snapshots: dict[str, JobSnapshot] = {}
         self._assembled: dict[bool, _Assembled] = {}
@@ -306,19 +328,24 @@ class RenderedJobs:
             fragment.update(self._lines(lambda: poll_state_families([job])))
         else:
             fragment = self._lines(lambda: job_families([job]))
+        stable_changed = old is None or any(
+            old.get(i) != fragment.get(i) for i in range(self._volatile_from)
+        )
         with self._lock:
             self._snapshots[job.job_id] = job
             self._fragments[job.job_id] = fragment
-            self._changed_locked()
+            self._changed_locked(stable_changed)
 
     def remove(self, job_id: str) -> None:
         with self._lock:
             if self._fragments.pop(job_id, None) is not None:
                 del self._snapshots[job_id]
-                self._changed_locked()
+                self._changed_locked(stable_changed=True)
 
-    def _changed_locked(self) -> None:
+    def _changed_locked(self, stable_changed: bool) -> None:
         self._version += 1
+        if stable_changed:
+            self._stable_version += 1
         if self._thread is None:
             self._assembled.clear()  # lazy: the next scrape rebuilds
         else:
@@ -336,17 +363,24 @@ class RenderedJobs:
     def _assemble(self, openmetrics: bool) -> tuple[int, _Assembled]:
         """The body of every job's series, family by family (jobs sorted by id), gzipped."""
         with self._lock:
-            version = self._version
+            version, stable_version = self._version, self._stable_version
             fragments = [self._fragments[job_id] for job_id in sorted(self._fragments)]
+            prefix = self._prefixes.get(openmetrics)
         headers = self._formats[openmetrics].headers
 
-        def families() -> Iterator[bytes]:
-            for position, header in enumerate(headers):
+        def families(positions: range) -> Iterator[bytes]:
+            for position in positions:
                 lines = [fragment[position] for fragment in fragments if position in fragment]
                 if lines:
-                    yield header + b"".join(lines)
+                    yield headers[position] + b"".join(lines)
 
-        return version, _Assembled.of(families())
+        if prefix is None or prefix.stable_version != stable_version:
+            state = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
+            stable = b"".join(state.compress(c) for c in families(range(self._volatile_from)))
+            prefix = _Prefix(stable_version, stable, state)
+            with self._lock:
+                self._prefixes[openmetrics] = prefix
+        return version, _Assembled.of(prefix, families(range(self._volatile_from, len(headers))))
 
     def _current(self, openmetrics: bool) -> _Assembled:
         with self._lock:
@@ -399,6 +433,7 @@ class RenderedJobs:
                 for openmetrics in self.FORMATS:
                     if openmetrics not in wanted:
                         self._assembled.pop(openmetrics, None)  # built again if it is asked for
+                        self._prefixes.pop(openmetrics, None)
             for openmetrics in wanted:
                 _, assembled = self._assemble(openmetrics)
                 with self._lock:

@@ -171,3 +171,52 @@ def test_background_rebuilds_follow_changes() -> None:
         assert wait_for(lambda: b'job_id="ftjob-a"' not in jobs.body(False), 5)
     finally:
         jobs.stop()
+
+
+def test_the_stable_prefix_is_reused_after_volatile_changes_and_every_body_stays_exact() -> None:
+    from dataclasses import replace
+
+    from ckpt_exporter.events import MetricsEventData
+    from ckpt_exporter.models import FineTuningJob
+
+    job_doc = TypeAdapter(FineTuningJob).validate_python(
+        {"id": "ftjob-a", "status": "running", "created_at": 1_712_211_000, "model": "gpt-4o-mini"}
+    )
+    live = TypeAdapter(MetricsEventData).validate_python({"step": 90, "total_steps": 300, "train_loss": 0.4})
+    running = replace(JOB_A, job=job_doc, live=live, event_counts=(("info", 3),))
+    jobs = RenderedJobs()
+    current = {"ftjob-a": running, "ftjob-b": JOB_B}
+
+    def check(stable_prefix_kept: bool) -> None:
+        prefixes = {f: jobs._prefixes.get(f) for f in (False, True)}
+        fresh = RenderedJobs()
+        for snapshot in current.values():
+            fresh.update(snapshot)
+        for openmetrics in (False, True):
+            assert (
+                gzip.decompress(jobs.gzip_body(openmetrics, b"tail\n")) == fresh.body(openmetrics) + b"tail\n"
+            )
+            assert jobs.body(openmetrics) == fresh.body(openmetrics)
+            kept = jobs._prefixes[openmetrics] is prefixes[openmetrics]
+            assert kept == (stable_prefix_kept and prefixes[openmetrics] is not None)
+
+    def publish(snapshot: JobSnapshot, *, stable_prefix_kept: bool) -> None:
+        current[snapshot.job_id] = snapshot
+        jobs.update(snapshot)
+        check(stable_prefix_kept)
+
+    for snapshot in current.values():
+        jobs.update(snapshot)
+    check(stable_prefix_kept=False)
+    running = replace(running, last_success=1_712_300_060.0, up=False, errors=(("http_429", 1),))
+    publish(running, stable_prefix_kept=True)  # poll state
+    live = replace(live, step=91, train_loss=0.39)
+    running = replace(running, live=live, event_counts=(("info", 4), ("warn", 1)))
+    publish(running, stable_prefix_kept=True)  # live metrics and event counts
+    running = replace(running, checkpoints=(*running.checkpoints, checkpoint("ftjob-a", 100, train_loss=0.3)))
+    publish(running, stable_prefix_kept=False)  # a new checkpoint
+    running = replace(running, job=replace(job_doc, status="succeeded"))
+    publish(running, stable_prefix_kept=False)  # a status
+    del current["ftjob-b"]
+    jobs.remove("ftjob-b")
+    check(stable_prefix_kept=False)
