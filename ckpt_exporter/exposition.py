@@ -328,9 +328,7 @@ class RenderedJobs:
             fragment.update(self._lines(lambda: poll_state_families([job])))
         else:
             fragment = self._lines(lambda: job_families([job]))
-        stable_changed = old is None or any(
-            old.get(i) != fragment.get(i) for i in range(self._volatile_from)
-        )
+        stable_changed = old is None or any(old.get(i) != fragment.get(i) for i in range(self._volatile_from))
         with self._lock:
             self._snapshots[job.job_id] = job
             self._fragments[job.job_id] = fragment
