@@ -261,6 +261,7 @@ class _Assembled:
 
 
 GZIP_LEVEL = 1  # 3-4 times faster than 6 on exposition text, for about a third more bytes
+REBUILD_AT_LEAST_EVERY = 1.0  # seconds: how far a body may lag while changes keep coming
 FORMAT_KEPT_SECONDS = 600.0  # a format nobody asked for this long is no longer rebuilt ahead
 
 
@@ -280,9 +281,10 @@ class RenderedJobs:
 
     Thread-safe: the poller updates from the event loop, the HTTP server reads from its threads.
     By default the joined bodies are rebuilt lazily, by the first scrape after a change. Once
-    `start()` is called, a background thread rebuilds them shortly after changes instead (never
-    more often than its last rebuilds' cost allows), so a scrape never pays for joining or
-    compressing 10,000 jobs: it serves the latest body, at most a moment behind.
+    `start()` is called, a background thread rebuilds them instead, once the changes pause (the
+    end of a poll cycle) or at least every REBUILD_AT_LEAST_EVERY seconds while they go on, and
+    never for more than a tenth of the time; so a scrape never pays for joining or compressing
+    10,000 jobs: it serves the latest body, at most a moment behind.
     """
 
     FORMATS = (False, True)  # openmetrics?
@@ -421,9 +423,16 @@ class RenderedJobs:
             self._changed.wait()
             if self._stopping:
                 return
-            # Gather the changes of a whole poll into one rebuild, and spend at most about a fifth
-            # of the time on rebuilding (it joins and compresses every job).
-            time.sleep(max(debounce, 4 * cost))
+            # Wait for a pause in the changes (the end of a poll cycle), but while a long cycle
+            # goes on, rebuild every REBUILD_AT_LEAST_EVERY seconds, and spend at most a tenth of
+            # the time on rebuilding (it joins and compresses every job).
+            first = time.monotonic()
+            longest = max(REBUILD_AT_LEAST_EVERY, 9 * cost)
+            while True:
+                self._changed.clear()
+                time.sleep(debounce)
+                if self._stopping or not self._changed.is_set() or time.monotonic() - first >= longest:
+                    break
             self._changed.clear()
             started = time.monotonic()
             with self._lock:

@@ -353,6 +353,8 @@ class FakeApi(_FaultInjection):
         self.request_counts: Counter[tuple[str, str]] = Counter()  # (endpoint, job_id)
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
+        self._jobs_version = 0  # bumped by every change to the jobs (the listing's cache key)
+        self._listed: tuple[int, list[FakeJob], dict[str, int]] | None = None
         self._init_faults()
 
     # -- changing the state ------------------------------------------------------------------
@@ -376,6 +378,7 @@ class FakeApi(_FaultInjection):
             if status in TERMINAL and job.finished_at is None:
                 job.finished_at = job.created_at + 60
             self.jobs[job_id] = job
+            self._jobs_version += 1
             return job
 
     def update_job(self, job_id: str, **fields: Any) -> None:
@@ -389,6 +392,7 @@ class FakeApi(_FaultInjection):
                 fields.setdefault("finished_at", int(time.time()))
             for name, value in fields.items():
                 setattr(job, name, value)
+            self._jobs_version += 1
 
     def add_event(
         self,
@@ -491,14 +495,26 @@ class FakeApi(_FaultInjection):
             return error
         wanted = {k[len("metadata[") : -1]: v for k, v in request.query.items() if k.startswith("metadata[")}
         with self._lock:
+            jobs, position = self._listing()
+            if wanted:
+                jobs = [
+                    job for job in jobs if all((job.metadata or {}).get(k) == v for k, v in wanted.items())
+                ]
+                position = {job.id: n for n, job in enumerate(jobs)}
+            limit = int(request.query.get("limit", 20))
+            after = request.query.get("after")
+            start = 0 if after is None else position.get(after, len(jobs) - 1) + 1
+            data = [job.document() for job in jobs[start : start + limit]]  # only the page's documents
+        return web.json_response({"object": "list", "data": data, "has_more": start + limit < len(jobs)})
+
+    def _listing(self) -> tuple[list[FakeJob], dict[str, int]]:
+        """The jobs newest first and each one's position, kept until a job is added or changed
+        (10,000 jobs sorted and rendered for every page would make the fake, not the exporter,
+        the benchmark's bottleneck)."""
+        if self._listed is None or self._listed[0] != self._jobs_version:
             jobs = sorted(self.jobs.values(), key=lambda j: (j.created_at, j.id), reverse=True)
-            items = [
-                job.document()
-                for job in jobs
-                if all((job.metadata or {}).get(k) == v for k, v in wanted.items())
-            ]
-        page = _page(items, request.query, default_limit=20)
-        return web.json_response({"object": "list", "data": page["data"], "has_more": page["has_more"]})
+            self._listed = (self._jobs_version, jobs, {job.id: n for n, job in enumerate(jobs)})
+        return self._listed[1], self._listed[2]
 
     async def _admit(self, request: web.Request, endpoint: str, job_id: str) -> web.Response | None:
         """Simulated latency, then the request log, the key and the job's existence."""
