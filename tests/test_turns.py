@@ -69,3 +69,34 @@ async def test_at_most_max_active_polls_run_at_once_and_every_job_gets_its_turn(
     assert peak == 3
     assert sorted(polled) == sorted(ids)
     assert poller._in_flight == {}
+
+
+async def test_the_state_of_the_first_cycle_is_frozen_out_of_full_gc_passes_once_ready() -> None:
+    import gc
+
+    from ckpt_exporter.app import Exporter
+    from ckpt_exporter.fakeapi import FakeApi, FakeApiServer
+    from ckpt_exporter.settings import load_settings
+
+    api = FakeApi(api_key="sk-test")
+    api.add_job("ftjob-a")
+    api.add_checkpoint("ftjob-a", 10, {"train_loss": 0.5})
+    with FakeApiServer(api) as server:
+        settings = load_settings(
+            {"api_base_url": server.base_url, "api_key": "sk-test", "jobs": ["ftjob-a"], "listen_port": 9842},
+            None,
+        )
+        exporter = Exporter(settings)
+        try:
+            await exporter._tick()
+            assert not exporter.ready()
+            assert gc.get_freeze_count() == 0
+            await exporter.accounts[0].poller.wait_idle()
+            assert exporter.ready()
+            await exporter._tick()  # the first tick that finds every job read once
+            assert gc.get_freeze_count() > 0
+        finally:
+            gc.unfreeze()
+            for account in exporter.accounts:
+                await account.poller.stop()
+                await account.http.aclose()
