@@ -309,6 +309,7 @@ class RenderedJobs:
         self._version = 0  # bumped by every change, so a rebuild never stores stale bodies
         self._changed = threading.Event()
         self._stopping = False
+        self._stop = threading.Event()  # sleeps between rebuilds end at once when it is set
         self._thread: threading.Thread | None = None
 
     def _lines(self, families: Callable[[], Iterable[Metric]]) -> dict[int, bytes]:
@@ -413,26 +414,29 @@ class RenderedJobs:
 
     def stop(self) -> None:
         self._stopping = True
+        self._stop.set()
         self._changed.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
 
     def _rebuild_loop(self, debounce: float) -> None:
-        cost = 0.0
+        cost, finished = 0.0, 0.0
         while True:
             self._changed.wait()
             if self._stopping:
                 return
             # Wait for a pause in the changes (the end of a poll cycle), but while a long cycle
-            # goes on, rebuild every REBUILD_AT_LEAST_EVERY seconds, and spend at most a tenth of
-            # the time on rebuilding (it joins and compresses every job).
+            # goes on, rebuild at least every REBUILD_AT_LEAST_EVERY seconds; and spend at most a
+            # tenth of the time on rebuilding (it joins and compresses every job).
             first = time.monotonic()
-            longest = max(REBUILD_AT_LEAST_EVERY, 9 * cost)
             while True:
                 self._changed.clear()
-                time.sleep(debounce)
-                if self._stopping or not self._changed.is_set() or time.monotonic() - first >= longest:
+                if self._stop.wait(debounce):
+                    return
+                if not self._changed.is_set() or time.monotonic() - first >= REBUILD_AT_LEAST_EVERY:
                     break
+            if self._stop.wait(max(finished + 9 * cost - time.monotonic(), 0.0)):
+                return
             self._changed.clear()
             started = time.monotonic()
             with self._lock:
@@ -445,4 +449,5 @@ class RenderedJobs:
                 _, assembled = self._assemble(openmetrics)
                 with self._lock:
                     self._assembled[openmetrics] = assembled
-            cost = time.monotonic() - started
+            finished = time.monotonic()
+            cost = finished - started

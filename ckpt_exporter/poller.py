@@ -260,9 +260,11 @@ class Poller:
     async def _poll_in_turn(self, jobs: list[_Job]) -> None:
         """Poll `jobs`, each in a task of its own once one of the turns is free."""
         tasks = []
+        had_turn = 0  # how many of `jobs` have had their turn
         try:
             for job in jobs:
                 await self._turns.acquire()
+                had_turn += 1
                 if self._jobs.get(job.job_id) is not job or self._in_flight.get(job.job_id, 0) is not None:
                     self._turns.release()  # removed (or re-added) while it waited
                     continue
@@ -271,7 +273,9 @@ class Poller:
                 task.add_done_callback(functools.partial(self._done, job.job_id))
                 tasks.append(task)
         finally:
-            for job in jobs:  # the ones a cancellation left in the queue
+            # Only the jobs a cancellation left in this queue: a job it already reached may be
+            # queued again by a later tick, and that mark is not ours to clear.
+            for job in jobs[had_turn:]:
                 if job.job_id in self._in_flight and self._in_flight[job.job_id] is None:
                     del self._in_flight[job.job_id]
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -220,3 +220,18 @@ def test_the_stable_prefix_is_reused_after_volatile_changes_and_every_body_stays
     del current["ftjob-b"]
     jobs.remove("ftjob-b")
     check(stable_prefix_kept=False)
+
+
+def test_stop_ends_the_background_thread_at_once_even_while_it_waits_for_a_pause() -> None:
+    import time
+
+    jobs = RenderedJobs()
+    jobs.update(JOB_A)
+    jobs.start(debounce=2.0)
+    jobs.body(False)  # served: the thread rebuilds this format after changes
+    jobs.update(JOB_B)
+    time.sleep(0.1)  # the thread now waits for a pause in the changes
+    started = time.monotonic()
+    jobs.stop()
+    assert time.monotonic() - started < 1.0
+    assert jobs._thread is not None and not jobs._thread.is_alive()

@@ -100,3 +100,26 @@ async def test_the_state_of_the_first_cycle_is_frozen_out_of_full_gc_passes_once
             for account in exporter.accounts:
                 await account.poller.stop()
                 await account.http.aclose()
+
+
+async def test_a_tick_that_comes_while_the_last_cycle_still_runs_polls_the_jobs_it_queued() -> None:
+    poller = Poller(None, RenderedJobs(), SelfMetrics(), max_active_polls=1)  # type: ignore[arg-type]
+    ids = [f"ftjob-{i}" for i in range(4)]
+    poller.set_jobs(ids)
+    polled: list[str] = []
+
+    async def poll(job: object) -> None:
+        await asyncio.sleep(0.01)
+        polled.append(job.job_id)  # type: ignore[attr-defined]
+
+    poller._poll_job = poll  # type: ignore[method-assign]
+    first = poller._dispatch()  # tick N queues all four
+    while "ftjob-0" in poller._in_flight or "ftjob-1" in poller._in_flight:  # polled, done
+        await asyncio.sleep(0.001)
+    again = [job_id for job_id in ids if job_id not in poller._in_flight]
+    assert again == ["ftjob-0", "ftjob-1"]
+    second = poller._dispatch()  # tick N+1, while tick N still polls ftjob-2 and ftjob-3
+    await asyncio.wait_for(asyncio.gather(*first, *second), 5)
+    assert sorted(polled) == sorted([*ids, *again])
+    assert poller._in_flight == {}
+    assert poller._turns._value == 1
