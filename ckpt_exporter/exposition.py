@@ -308,8 +308,7 @@ class RenderedJobs:
         self._served: dict[bool, float] = {}  # when each format was last asked for
         self._version = 0  # bumped by every change, so a rebuild never stores stale bodies
         self._changed = threading.Event()
-        self._stopping = False
-        self._stop = threading.Event()  # sleeps between rebuilds end at once when it is set
+        self._stop = threading.Event()  # set by stop(): the rebuild thread's waits end at once
         self._thread: threading.Thread | None = None
 
     def _lines(self, families: Callable[[], Iterable[Metric]]) -> dict[int, bytes]:
@@ -413,7 +412,6 @@ class RenderedJobs:
         self._thread.start()
 
     def stop(self) -> None:
-        self._stopping = True
         self._stop.set()
         self._changed.set()
         if self._thread is not None:
@@ -423,7 +421,7 @@ class RenderedJobs:
         cost, finished = 0.0, 0.0
         while True:
             self._changed.wait()
-            if self._stopping:
+            if self._stop.is_set():
                 return
             # Wait for a pause in the changes (the end of a poll cycle), but while a long cycle
             # goes on, rebuild at least every REBUILD_AT_LEAST_EVERY seconds; and spend at most a

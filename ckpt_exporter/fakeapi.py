@@ -25,7 +25,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -501,11 +501,9 @@ class FakeApi(_FaultInjection):
                     job for job in jobs if all((job.metadata or {}).get(k) == v for k, v in wanted.items())
                 ]
                 position = {job.id: n for n, job in enumerate(jobs)}
-            limit = int(request.query.get("limit", 20))
-            after = request.query.get("after")
-            start = 0 if after is None else position.get(after, len(jobs) - 1) + 1
-            data = [job.document() for job in jobs[start : start + limit]]  # only the page's documents
-        return web.json_response({"object": "list", "data": data, "has_more": start + limit < len(jobs)})
+            page, has_more = _window(jobs, position, request.query, default_limit=20)
+            data = [job.document() for job in page]  # only the page's documents
+        return web.json_response({"object": "list", "data": data, "has_more": has_more})
 
     def _listing(self) -> tuple[list[FakeJob], dict[str, int]]:
         """The jobs newest first and each one's position, kept until a job is added or changed
@@ -550,22 +548,28 @@ class FakeApi(_FaultInjection):
         return await self._job_list(request, "checkpoints", 10)
 
 
+T = TypeVar("T")
+
+
 def _page(items: list[dict[str, Any]], query: Any, default_limit: int = 10) -> dict[str, Any]:
     """One page after the `after` cursor, `limit` long, as the API's list endpoints return it."""
-    limit = int(query.get("limit", default_limit))
-    after = query.get("after")
-    start = 0
-    if after is not None:
-        ids = [item["id"] for item in items]
-        start = ids.index(after) + 1 if after in ids else len(items)
-    data = items[start : start + limit]
+    first_position = {item["id"]: n for n, item in reversed(list(enumerate(items)))}  # of a repeated id
+    data, has_more = _window(items, first_position, query, default_limit)
     return {
         "object": "list",
         "data": data,
         "first_id": data[0]["id"] if data else None,
         "last_id": data[-1]["id"] if data else None,
-        "has_more": start + limit < len(items),
+        "has_more": has_more,
     }
+
+
+def _window(items: list[T], position: dict[str, int], query: Any, default_limit: int) -> tuple[list[T], bool]:
+    """The items after the `after` cursor (none if it is unknown), `limit` of them, and has_more."""
+    limit = int(query.get("limit", default_limit))
+    after = query.get("after")
+    start = 0 if after is None else position.get(after, len(items) - 1) + 1
+    return items[start : start + limit], start + limit < len(items)
 
 
 def _error(status: int, message: str, code: str) -> web.Response:
