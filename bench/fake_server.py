@@ -84,7 +84,7 @@ def control_routes(api: FakeApi, app: web.Application) -> None:
 async def serve(api: FakeApi, port: int) -> None:
     app = api.app()
     control_routes(api, app)
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)  # as FakeApiServer
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", port, backlog=1024)
     await site.start()

@@ -599,7 +599,10 @@ class FakeApiServer:
         return self
 
     async def _start(self) -> None:
-        self._runner = web.AppRunner(self.api.app(self.prefix), access_log=None)
+        # aiohttp waits up to shutdown_timeout (60 s by default) for a connection's handler on
+        # cleanup, and a connection accepted just as cleanup starts is missed by its close of the
+        # idle ones: a test's teardown then hung for the whole 60 s. A fake has nothing to finish.
+        self._runner = web.AppRunner(self.api.app(self.prefix), access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
@@ -713,7 +716,9 @@ def main(argv: list[str] | None = None) -> None:
         api.add_job(job_id)
         for step in range(1, args.checkpoints + 1):
             api.add_checkpoint(job_id, step * 100, {"train_loss": 1.0 / step, "valid_loss": 1.1 / step})
-    web.run_app(api.app(), host="127.0.0.1", port=args.port, access_log=None, print=None)
+    web.run_app(
+        api.app(), host="127.0.0.1", port=args.port, access_log=None, print=None, shutdown_timeout=1.0
+    )
 
 
 if __name__ == "__main__":

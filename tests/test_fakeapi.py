@@ -7,14 +7,15 @@ document, unchanged.
 from __future__ import annotations
 
 import json
+import socket
 from typing import Any
 
 import httpx
 import pytest
 from jsonschema import Draft202012Validator
 
-from ckpt_exporter.fakeapi import FakeApi, FakeApiServer, SimulatedTraining
-from tests.helpers import REPO
+from ckpt_exporter.fakeapi import FakeApi, FakeApiServer, Fault, SimulatedTraining
+from tests.helpers import REPO, wait_for
 
 SPEC = json.loads((REPO / "tests" / "data" / "openai-fine-tuning-openapi.json").read_text())
 
@@ -60,3 +61,17 @@ def test_demo_training_documents_validate() -> None:
         for job_id in training.job_ids:
             page = get(server, f"/fine_tuning/jobs/{job_id}/checkpoints", limit=100).json()
             validator("ListFineTuningJobCheckpointsResponse").validate(page)
+
+
+def test_stop_does_not_wait_for_a_connection_that_is_still_open() -> None:
+    """A client that keeps its connection open (here: a request the fake holds) must not hold up
+    stop(): aiohttp's graceful shutdown would wait 60 s for it, past stop()'s own 10 s."""
+    api = FakeApi()
+    api.inject(None, Fault.hang(30), endpoint="jobs")
+    server = FakeApiServer(api).start()
+    with socket.create_connection((server.host, server.port)) as client:
+        client.sendall(b"GET /v1/fine_tuning/jobs HTTP/1.1\r\nHost: fake\r\n\r\n")
+        assert wait_for(lambda: bool(api.served()), timeout=10)  # the fake holds the request
+        server.stop()  # raised TimeoutError after 10 s before the fake's shutdown_timeout
+        assert not server._thread.is_alive()
+        assert client.recv(1024) == b""  # the fake closed the connection, answered nothing
