@@ -8,6 +8,7 @@ from ckpt_exporter.exposition import RenderedJobs
 from ckpt_exporter.poller import Poller
 from ckpt_exporter.selfmetrics import SelfMetrics
 from ckpt_exporter.slots import PrioritySlots
+from tests.helpers import free_port
 
 
 async def _hold(slots: PrioritySlots, name: str, order: list[str], *, urgent: bool = False) -> None:
@@ -83,7 +84,12 @@ async def test_the_state_of_the_first_cycle_is_frozen_out_of_full_gc_passes_once
     api.add_checkpoint("ftjob-a", 10, {"train_loss": 0.5})
     with FakeApiServer(api) as server:
         settings = load_settings(
-            {"api_base_url": server.base_url, "api_key": "sk-test", "jobs": ["ftjob-a"], "listen_port": 9842},
+            {
+                "api_base_url": server.base_url,
+                "api_key": "sk-test",
+                "jobs": ["ftjob-a"],
+                "listen_port": free_port(),
+            },
             None,
         )
         exporter = Exporter(settings)
@@ -100,6 +106,7 @@ async def test_the_state_of_the_first_cycle_is_frozen_out_of_full_gc_passes_once
             for account in exporter.accounts:
                 await account.poller.stop()
                 await account.http.aclose()
+            exporter.server.stop()  # bound at construction
 
 
 async def test_a_tick_that_comes_while_the_last_cycle_still_runs_polls_the_jobs_it_queued() -> None:
