@@ -152,6 +152,9 @@ class Poller:
         self._next_discovery = 0.0
         self._discovered_once = discovery is None
         self._auth_failure: int | None = None  # the 401/403 last logged for the account
+        # Bumped at each change of _auth_failure. A request begun before the last change was
+        # answered on the key as it was then: it neither logs a change nor undoes one.
+        self._auth_epoch = 0
         self._listing_error: str | None = None
 
     # -- the set of watched jobs -------------------------------------------------------------
@@ -298,7 +301,7 @@ class Poller:
         final = job.status in TERMINAL_STATUSES
         if final:
             job.diff.force_full_read()
-        started = self._clock()
+        started, epoch = self._clock(), self._auth_epoch
 
         async def checkpoints(after: str | None, limit: int) -> ListPage:
             return await self._client.list_checkpoints(job.job_id, after=after, limit=limit)
@@ -320,12 +323,14 @@ class Poller:
                 job.full_read_at = started
                 document = job.snapshot.job  # the status may have arrived while we read
                 final = final or (document is not None and self._read_since_finished(job, document))
+            if not any(failure.status in (401, 403) for failure in failures):
+                self._auth_accepted(epoch)
             self._succeeded(job, outcomes[0])
         if len(outcomes) > 1 and isinstance(outcomes[1], EventsResult):
             self._events_read(job, outcomes[1])
         if failures:
             for failure in failures:
-                self._failed(job, failure)
+                self._failed(job, failure, epoch)
             return
         if final:
             job.final_read_done = True
@@ -370,7 +375,7 @@ class Poller:
     def _count(self, job: _Job, reason: str) -> None:
         job.errors[reason] = job.errors.get(reason, 0) + 1
 
-    def _failed(self, job: _Job, exc: ApiError) -> None:
+    def _failed(self, job: _Job, exc: ApiError, epoch: int) -> None:
         self._count(job, exc.reason)
         now = self._clock()
         if exc.status == 404:
@@ -385,7 +390,7 @@ class Poller:
                 )
             job.last_error = exc.reason
         elif exc.status in (401, 403):
-            self._auth_failed(exc)
+            self._auth_failed(exc, epoch)
             job.last_error = exc.reason
         elif job.last_error != exc.reason:
             log.warning("job %s: poll failed (%s): %s", job.job_id, exc.reason, exc)
@@ -397,10 +402,11 @@ class Poller:
             job, replace(job.snapshot, polled=True, up=False, errors=tuple(sorted(job.errors.items())))
         )
 
-    def _auth_failed(self, exc: ApiError) -> None:
-        if self._auth_failure == exc.status:
+    def _auth_failed(self, exc: ApiError, epoch: int) -> None:
+        if self._auth_failure == exc.status or epoch != self._auth_epoch:
             return
         self._auth_failure = exc.status
+        self._auth_epoch += 1
         if exc.status == 401:
             log.error(
                 "account %s: the API rejected the key (HTTP 401): check CKPT_EXPORTER_API_KEY or the "
@@ -414,12 +420,16 @@ class Poller:
                 self._account,
             )
 
+    def _auth_accepted(self, epoch: int) -> None:
+        if self._auth_failure is None or epoch != self._auth_epoch:
+            return
+        self._auth_failure = None
+        self._auth_epoch += 1
+        log.info("account %s: the API accepts the key again", self._account)
+
     def _succeeded(self, job: _Job, result: DiffResult) -> None:
         job_id = job.job_id
         job.not_found = 0
-        if self._auth_failure is not None:
-            log.info("account %s: the API accepts the key again", self._account)
-            self._auth_failure = None
         if job.last_error is not None:
             log.info("job %s: polls succeed again", job_id)
             job.last_error = None
@@ -517,6 +527,7 @@ class Poller:
         known = [job.snapshot.job.created_at for job in pending.values() if job.snapshot.job is not None]
         oldest = min(known) if len(known) == len(pending) else None
         after: str | None = None
+        epoch = self._auth_epoch
         try:
             for _ in range(MAX_STATUS_PAGES):
                 page = await self._client.list_jobs(after=after, limit=LIST_LIMIT)
@@ -531,18 +542,19 @@ class Poller:
                     break
                 after = documents[-1].id
         except ApiError as exc:
-            self._listing_failed(exc)
+            self._listing_failed(exc, epoch)
         else:
             self._listing_error = None
 
     async def _status_of(self, job: _Job) -> None:
         if self._clock() < job.not_before:
             return
+        epoch = self._auth_epoch
         try:
             raw = await self._client.get_job(job.job_id)
             document = parse_job(raw)
         except ApiError as exc:
-            self._failed(job, exc)
+            self._failed(job, exc, epoch)
             return
         except ValidationError:
             self._count(job, "invalid_job")
@@ -550,9 +562,9 @@ class Poller:
             return
         self._apply_status(job, document)
 
-    def _listing_failed(self, exc: ApiError) -> None:
+    def _listing_failed(self, exc: ApiError, epoch: int) -> None:
         if exc.status in (401, 403):
-            self._auth_failed(exc)
+            self._auth_failed(exc, epoch)
         elif self._listing_error != exc.reason:
             log.warning(
                 "account %s: jobs listing failed (%s): %s; statuses stay as last read",
@@ -570,6 +582,7 @@ class Poller:
         now = self._clock()
         found: dict[str, FineTuningJob] = {}
         after: str | None = None
+        epoch = self._auth_epoch
         try:
             for _ in range(MAX_DISCOVERY_PAGES):
                 page = await self._client.list_jobs(
@@ -588,7 +601,7 @@ class Poller:
                     break  # the listing is newest first: the rest is older still
                 after = documents[-1].id
         except ApiError as exc:
-            self._listing_failed(exc)
+            self._listing_failed(exc, epoch)
             self._next_discovery = now + min(discovery.interval, self._poll_interval)
             return
         self._listing_error = None

@@ -370,6 +370,46 @@ def test_a_rejected_key_is_logged_once_and_a_rotated_key_file_is_used_without_re
     assert new_key not in output and old_key not in output
 
 
+def auth_lines(output: str) -> tuple[int, int]:
+    """How many times the log said the key was rejected, and that it was accepted again."""
+    lines = output.splitlines()
+    return (
+        sum("(HTTP 401)" in line for line in lines),
+        sum("accepts the key again" in line for line in lines),
+    )
+
+
+def test_an_answer_to_a_request_sent_before_the_key_was_revoked_does_not_undo_the_401() -> None:
+    api = FakeApi(api_key=API_KEY)
+    jobs = ["ftjob-r1", "ftjob-r2"]
+    for n, job_id in enumerate(jobs):
+        api.add_job(job_id)
+        api.add_checkpoint(job_id, 10, metrics_for(n, 10))
+    with FakeApiServer(api) as server, running(exporter_env(server, jobs)) as (exporter, scraper):
+        # r1's checkpoints request is let in on the good key, and its answer held back 0.6 s
+        # (within the 1 s request timeout) while the key is revoked and r2's polls are refused.
+        api.inject("ftjob-r1", Fault.hang(0.6), endpoint="checkpoints")
+        assert wait_for(lambda: api.served("ftjob-r1"), 5)
+        api.api_key = API_KEY + "-revoked"
+        # r1 is not polled again until that answer is in: two 401s of r1 come after it.
+        assert scraper.until(lambda t: errors(t).get(("ftjob-r1", "http_401"), 0) >= 2, 5)
+        output = exporter.stop()
+    assert auth_lines(output) == (1, 0), output
+
+
+def test_a_key_refused_by_one_endpoint_is_logged_once_not_at_every_poll() -> None:
+    api = FakeApi(api_key=API_KEY)
+    jobs = ["ftjob-e1", "ftjob-e2", "ftjob-e3"]
+    for n, job_id in enumerate(jobs):
+        api.add_job(job_id)
+        api.add_checkpoint(job_id, 10, metrics_for(n, 10))
+    api.inject(None, Fault.http(401), times=None, endpoint="events")  # checkpoints still answer
+    with FakeApiServer(api) as server, running(exporter_env(server, jobs)) as (exporter, scraper):
+        assert scraper.until(lambda t: all(errors(t).get((j, "http_401"), 0) >= 5 for j in jobs), 10)
+        output = exporter.stop()
+    assert auth_lines(output) == (1, 0), output
+
+
 # -- rate limits -----------------------------------------------------------------------------
 
 
