@@ -101,6 +101,15 @@ class Scraper:
         return wait_for(lambda: condition(self.text()), timeout, interval=0.1)
 
 
+def api_with_jobs(jobs: list[str], api_key: str = API_KEY) -> FakeApi:
+    """A fake API where each job runs and has one checkpoint, at step 10."""
+    api = FakeApi(api_key=api_key)
+    for n, job_id in enumerate(jobs):
+        api.add_job(job_id)
+        api.add_checkpoint(job_id, 10, metrics_for(n, 10))
+    return api
+
+
 def exporter_env(server: FakeApiServer, jobs: list[str], **settings: Any) -> dict[str, str]:
     env = {
         "CKPT_EXPORTER_API_BASE_URL": server.base_url,
@@ -232,11 +241,8 @@ def test_every_fault_at_once_isolated_counted_and_recovered_exactly() -> None:
 
 
 def test_retry_after_in_each_form_holds_back_the_job() -> None:
-    api = FakeApi(api_key=API_KEY)
     jobs = ["ftjob-seconds", "ftjob-spent", "ftjob-date", "ftjob-ms", "ftjob-long", "ftjob-control"]
-    for n, job_id in enumerate(jobs):
-        api.add_job(job_id)
-        api.add_checkpoint(job_id, 10, metrics_for(n, 10))
+    api = api_with_jobs(jobs)
     with FakeApiServer(api) as server, running(exporter_env(server, jobs)) as (_, scraper):
         date = email.utils.formatdate(time.time() + 3, usegmt=True)
         api.inject("ftjob-seconds", Fault.http(429, {"Retry-After": "2"}), endpoint="checkpoints")
@@ -297,11 +303,8 @@ def test_retry_after_in_each_form_holds_back_the_job() -> None:
 
 
 def test_a_missing_job_backs_off_exponentially_and_comes_back() -> None:
-    api = FakeApi(api_key=API_KEY)
     jobs = ["ftjob-gone", "ftjob-control"]
-    for n, job_id in enumerate(jobs):
-        api.add_job(job_id)
-        api.add_checkpoint(job_id, 10, metrics_for(n, 10))
+    api = api_with_jobs(jobs)
     with FakeApiServer(api) as server, running(exporter_env(server, jobs)) as (exporter, scraper):
         api.inject("ftjob-gone", Fault.http(404), times=None, endpoint="checkpoints")
         for step in (20, 30, 40):
@@ -338,11 +341,8 @@ def test_a_rejected_key_is_logged_once_and_a_rotated_key_file_is_used_without_re
     old_key, new_key = API_KEY, API_KEY + "-rotated"
     key_file = tmp_path / "api-key"
     key_file.write_text(old_key + "\n")
-    api = FakeApi(api_key=old_key)
     jobs = ["ftjob-k1", "ftjob-k2", "ftjob-k3"]
-    for n, job_id in enumerate(jobs):
-        api.add_job(job_id)
-        api.add_checkpoint(job_id, 10, metrics_for(n, 10))
+    api = api_with_jobs(jobs, api_key=old_key)
     with FakeApiServer(api) as server:
         env = exporter_env(server, jobs)
         del env["CKPT_EXPORTER_API_KEY"]
@@ -380,11 +380,8 @@ def auth_lines(output: str) -> tuple[int, int]:
 
 
 def test_an_answer_to_a_request_sent_before_the_key_was_revoked_does_not_undo_the_401() -> None:
-    api = FakeApi(api_key=API_KEY)
     jobs = ["ftjob-r1", "ftjob-r2"]
-    for n, job_id in enumerate(jobs):
-        api.add_job(job_id)
-        api.add_checkpoint(job_id, 10, metrics_for(n, 10))
+    api = api_with_jobs(jobs)
     with FakeApiServer(api) as server, running(exporter_env(server, jobs)) as (exporter, scraper):
         # r1's checkpoints request is let in on the good key, and its answer held back 0.6 s
         # (within the 1 s request timeout) while the key is revoked and r2's polls are refused.
@@ -398,11 +395,8 @@ def test_an_answer_to_a_request_sent_before_the_key_was_revoked_does_not_undo_th
 
 
 def test_a_key_refused_by_one_endpoint_is_logged_once_not_at_every_poll() -> None:
-    api = FakeApi(api_key=API_KEY)
     jobs = ["ftjob-e1", "ftjob-e2", "ftjob-e3"]
-    for n, job_id in enumerate(jobs):
-        api.add_job(job_id)
-        api.add_checkpoint(job_id, 10, metrics_for(n, 10))
+    api = api_with_jobs(jobs)
     api.inject(None, Fault.http(401), times=None, endpoint="events")  # checkpoints still answer
     with FakeApiServer(api) as server, running(exporter_env(server, jobs)) as (exporter, scraper):
         assert scraper.until(lambda t: all(errors(t).get((j, "http_401"), 0) >= 5 for j in jobs), 10)
@@ -414,11 +408,8 @@ def test_a_key_refused_by_one_endpoint_is_logged_once_not_at_every_poll() -> Non
 
 
 def test_rate_limit_headers_pause_every_job_and_the_budget_caps_the_rate() -> None:
-    api = FakeApi(api_key=API_KEY)
     jobs = [f"ftjob-r{n:02d}" for n in range(30)]
-    for n, job_id in enumerate(jobs):
-        api.add_job(job_id)
-        api.add_checkpoint(job_id, 10, metrics_for(n, 10))
+    api = api_with_jobs(jobs)
     with FakeApiServer(api) as server:
         env = exporter_env(server, jobs, max_requests_per_second=20, poll_interval_seconds=0.2)
         with running(env) as (_, scraper):
@@ -446,11 +437,8 @@ def test_rate_limit_headers_pause_every_job_and_the_budget_caps_the_rate() -> No
 
 
 def test_sigterm_with_requests_in_flight_exits_0_within_5s_and_scrapes_never_hang() -> None:
-    api = FakeApi(api_key=API_KEY)
     jobs = ["ftjob-s1", "ftjob-s2", "ftjob-s3"]
-    for n, job_id in enumerate(jobs):
-        api.add_job(job_id)
-        api.add_checkpoint(job_id, 10, metrics_for(n, 10))
+    api = api_with_jobs(jobs)
     outcomes: list[tuple[str, float]] = []
     stop_scraping = threading.Event()
 
