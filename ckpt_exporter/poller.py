@@ -44,6 +44,7 @@ LIST_LIMIT = 100  # jobs per listing page
 MAX_STATUS_PAGES = 1000  # the status refresh reads individually what these pages do not reach
 FINISHED_MARGIN = 60.0  # a full read started this long after finished_at holds every checkpoint
 MAX_DISCOVERY_PAGES = 1000
+AUTH_STATUSES = (401, 403)  # about the account's key, not the job: logged once per change
 NOT_FOUND_MAX_BACKOFF = 3600.0
 
 
@@ -323,7 +324,7 @@ class Poller:
                 job.full_read_at = started
                 document = job.snapshot.job  # the status may have arrived while we read
                 final = final or (document is not None and self._read_since_finished(job, document))
-            if not any(failure.status in (401, 403) for failure in failures):
+            if not any(failure.status in AUTH_STATUSES for failure in failures):
                 self._auth_accepted(epoch)
             self._succeeded(job, outcomes[0])
         if len(outcomes) > 1 and isinstance(outcomes[1], EventsResult):
@@ -389,7 +390,7 @@ class Poller:
                     delay,
                 )
             job.last_error = exc.reason
-        elif exc.status in (401, 403):
+        elif exc.status in AUTH_STATUSES:
             self._auth_failed(exc, epoch)
             job.last_error = exc.reason
         elif job.last_error != exc.reason:
@@ -563,7 +564,7 @@ class Poller:
         self._apply_status(job, document)
 
     def _listing_failed(self, exc: ApiError, epoch: int) -> None:
-        if exc.status in (401, 403):
+        if exc.status in AUTH_STATUSES:
             self._auth_failed(exc, epoch)
         elif self._listing_error != exc.reason:
             log.warning(

@@ -114,18 +114,17 @@ def exported(exporter: ExporterProcess) -> Samples:
     return {key: value for key, value in samples.items() if key[0] != "openai_fine_tuning_job_events_total"}
 
 
-def poll_count(exporter: ExporterProcess) -> float:
-    return parse_samples(exporter.metrics(), "ckpt_exporter_poll_duration_seconds_count")[
-        ("ckpt_exporter_poll_duration_seconds_count", frozenset())
-    ]
-
-
-def quick_cycles(exporter: ExporterProcess) -> tuple[float, float]:
-    """Poll cycles so far: all of them, and those that took at most half the interval."""
+def poll_cycles(exporter: ExporterProcess) -> tuple[float, float]:
+    """Poll cycles so far: all of them, and those that took at most half the interval (a bucket
+    bound of ckpt_exporter_poll_duration_seconds)."""
     samples = parse_samples(exporter.metrics(), "ckpt_exporter_poll_duration_seconds_")
     count = samples[("ckpt_exporter_poll_duration_seconds_count", frozenset())]
     quick = samples[("ckpt_exporter_poll_duration_seconds_bucket", frozenset({("le", str(POLL / 2))}))]
     return count, quick
+
+
+def poll_count(exporter: ExporterProcess) -> float:
+    return poll_cycles(exporter)[0]
 
 
 def steady_state_window(exporter: ExporterProcess, api: FakeApi, polls: int) -> tuple[float, dict[str, int]]:
@@ -136,11 +135,11 @@ def steady_state_window(exporter: ExporterProcess, api: FakeApi, polls: int) -> 
     that is not the exporter's: such a window is measured again, up to three times.
     """
     for _ in range(3):
-        before, quick_before = quick_cycles(exporter)
+        before, quick_before = poll_cycles(exporter)
         api.reset_counts()
         target = before + polls
         assert wait_for(lambda: poll_count(exporter) >= target, 4 * polls * POLL)  # noqa: B023
-        after, quick_after = quick_cycles(exporter)
+        after, quick_after = poll_cycles(exporter)
         counts = {job_id: api.count("checkpoints", job_id) for job_id in api.jobs}
         if after - before == quick_after - quick_before:
             return after - before, counts

@@ -337,6 +337,17 @@ def test_a_missing_job_backs_off_exponentially_and_comes_back() -> None:
 # -- the key ---------------------------------------------------------------------------------
 
 
+def log_lines(output: str, marker: str) -> list[str]:
+    """The log lines that contain `marker`. Say "(HTTP 401)", not "401": a timestamp's
+    milliseconds can read ",401"."""
+    return [line for line in output.splitlines() if marker in line]
+
+
+def auth_lines(output: str) -> tuple[int, int]:
+    """How many times the log said the key was rejected, and that it was accepted again."""
+    return len(log_lines(output, "(HTTP 401)")), len(log_lines(output, "accepts the key again"))
+
+
 def test_a_rejected_key_is_logged_once_and_a_rotated_key_file_is_used_without_restart(tmp_path: Path) -> None:
     old_key, new_key = API_KEY, API_KEY + "-rotated"
     key_file = tmp_path / "api-key"
@@ -362,21 +373,10 @@ def test_a_rejected_key_is_logged_once_and_a_rotated_key_file_is_used_without_re
             api.clear_faults()
             assert scraper.until(lambda t: by_job(t, "ckpt_exporter_job_up") == dict.fromkeys(jobs, 1.0), 5)
             output = exporter.stop()
-    # "(HTTP 401)", not "401": a log line's timestamp has milliseconds (",401").
-    lines_401 = [line for line in output.splitlines() if "(HTTP 401)" in line]
-    lines_403 = [line for line in output.splitlines() if "(HTTP 403)" in line]
+    lines_401, lines_403 = log_lines(output, "(HTTP 401)"), log_lines(output, "(HTTP 403)")
     assert len(lines_401) == 1 and "api_key_file" in lines_401[0], lines_401
     assert len(lines_403) == 1 and "project" in lines_403[0], lines_403
     assert new_key not in output and old_key not in output
-
-
-def auth_lines(output: str) -> tuple[int, int]:
-    """How many times the log said the key was rejected, and that it was accepted again."""
-    lines = output.splitlines()
-    return (
-        sum("(HTTP 401)" in line for line in lines),
-        sum("accepts the key again" in line for line in lines),
-    )
 
 
 def test_an_answer_to_a_request_sent_before_the_key_was_revoked_does_not_undo_the_401() -> None:
