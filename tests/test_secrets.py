@@ -126,7 +126,8 @@ def test_the_key_appears_nowhere_at_debug_through_every_fault(log_format: str, t
             time.sleep(3)
             api.clear_faults()
             api.api_key = API_KEY + "-rotated"  # now every request is a 401
-            assert wait_for(lambda: "HTTP 401" in exporter.output_so_far(), 10)
+            # the exporter's own 401 line is written: the rejected-key path ran before the stop
+            assert wait_for(lambda: "(HTTP 401)" in exporter.output_so_far(), 10)
             metrics = exporter.metrics()
         finally:
             output = exporter.stop()
@@ -139,7 +140,6 @@ def test_the_key_appears_nowhere_at_debug_through_every_fault(log_format: str, t
     # ...and the key never was, nor anything after "Bearer".
     assert API_KEY not in output and API_KEY not in metrics
     assert "Bearer sk" not in output and "Bearer [REDACTED]" in output  # echo_auth's echo, redacted
-    assert "HTTP 401" in output or "(HTTP 401)" in output
     if log_format == "json":
         lines = [line for line in output.splitlines() if line.strip()]
         assert all(line.startswith("{") for line in lines), [ln for ln in lines if not ln.startswith("{")][:3]
