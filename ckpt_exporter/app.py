@@ -20,6 +20,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from ckpt_exporter import __version__
 from ckpt_exporter.api import ApiClient, ApiKeyAuth, KeySource, make_http_client
+from ckpt_exporter.entra import TOKEN_FAILURE_REASONS, EntraAuth, TokenSource
 from ckpt_exporter.exposition import RenderedJobs
 from ckpt_exporter.poller import Discovery, Poller, Shard
 from ckpt_exporter.selfmetrics import SelfMetrics
@@ -63,16 +64,33 @@ class Account:
     name: str
     http: httpx.AsyncClient
     poller: Poller
+    tokens: TokenSource | None = None  # keyless (azure_auth: entra)
+
+
+def account_auth(account: AccountSettings, metrics: SelfMetrics) -> tuple[httpx.Auth, TokenSource | None]:
+    """OpenAI: Authorization: Bearer KEY. Azure: api-key: KEY, or Bearer <Entra ID token>."""
+    if account.api_flavor == "azure" and account.azure_auth == "entra":
+        for reason in TOKEN_FAILURE_REASONS:
+            metrics.token_failures.labels(account.name, reason)
+        tokens = TokenSource(
+            account.azure_token_scope,
+            account=account.name,
+            client_id=account.azure_client_id,
+            on_failure=lambda reason: metrics.token_failures.labels(account.name, reason).inc(),
+        )
+        return EntraAuth(tokens), tokens
+    keys = KeySource(account.read_api_key(), account.api_key_file)
+    return ApiKeyAuth(keys, "api-key" if account.api_flavor == "azure" else "Authorization"), None
 
 
 def build_account(
     account: AccountSettings, settings: Settings, jobs: RenderedJobs, metrics: SelfMetrics
 ) -> Account:
-    """OpenAI: Authorization: Bearer KEY. Azure: an api-key header and the api-version parameter."""
-    keys = KeySource(account.read_api_key(), account.api_key_file)
+    """One account's client: its URL, sign-in (account_auth), headers and Azure's api-version."""
+    auth, tokens = account_auth(account, metrics)
     http = make_http_client(
         account.api_base_url,
-        auth=ApiKeyAuth(keys, "api-key" if account.api_flavor == "azure" else "Authorization"),
+        auth=auth,
         headers=api_headers(account),
         timeout=settings.request_timeout_seconds,
         max_connections=settings.max_concurrency,
@@ -101,7 +119,7 @@ def build_account(
         max_active_polls=2 * settings.max_concurrency,
     )
     poller.set_jobs(account.jobs)
-    return Account(account.name, http, poller)
+    return Account(account.name, http, poller, tokens)
 
 
 class Exporter:
@@ -226,6 +244,8 @@ class Exporter:
             log.warning("in-flight polls did not stop within %gs; abandoning them", SHUTDOWN_GRACE_SECONDS)
         for account in self.accounts:
             await account.http.aclose()
+            if account.tokens is not None:
+                await account.tokens.close()
         self.server.stop()
         self.jobs.stop()
 

@@ -342,9 +342,16 @@ class FakeApi(_FaultInjection):
     """The API's state; safe to change from any thread while the server runs."""
 
     def __init__(
-        self, *, api_key: str | None = None, newest_first: bool = True, latency: float = 0.0
+        self,
+        *,
+        api_key: str | None = None,
+        newest_first: bool = True,
+        latency: float = 0.0,
+        token_check: Callable[[str], bool] | None = None,
     ) -> None:
         self.api_key = api_key
+        # Whether a Bearer token is genuine and unexpired (fake/identity.py's token_checker).
+        self.token_check = token_check
         self.newest_first = newest_first
         self.latency = latency
         self.jobs: dict[str, FakeJob] = {}
@@ -484,7 +491,11 @@ class FakeApi(_FaultInjection):
         else:
             authorization = request.headers.get("Authorization", "")
             supplied = authorization.removeprefix("Bearer ") if authorization.startswith("Bearer ") else None
-        if self.api_key is not None and supplied != self.api_key:
+        if self.token_check is not None:  # Entra ID tokens only, in Azure's words when refused
+            bearer = request.headers.get("Authorization", "")
+            if not (bearer.startswith("Bearer ") and self.token_check(bearer.removeprefix("Bearer "))):
+                return _error(401, "Unauthorized. Access token is missing, invalid or expired.", "401")
+        elif self.api_key is not None and supplied != self.api_key:
             return _error(401, "Incorrect API key provided.", "invalid_api_key")
         if job_id and job_id not in self.jobs:
             return _error(404, f"Could not find fine-tune: {job_id}", "fine_tune_not_found")

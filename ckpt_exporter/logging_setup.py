@@ -5,7 +5,7 @@ It sits on the root handler, so it sees every record that is written, from any l
 httpcore, aiohttp, asyncio) and at any level, and it scrubs the message, its arguments, the
 exception text and the stack. Redacted are: every key registered with `register_secret` (the
 KeySource registers each key it reads, rotated ones included), and anything shaped like a key
-(`Bearer ...`, `api-key: ...`, `sk-...`).
+(`Bearer ...`, `api-key: ...`, `sk-...`, JSON Web Tokens `eyJ...`).
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ _PATTERNS = (
     (re.compile(r"(?i)(api-key['\"]?\s*[:=]\s*['\"]?)(?!\[REDACTED\])[A-Za-z0-9_\-.]{8,}"), r"\1" + REDACTED),
     # OpenAI key shapes: sk-..., sk-proj-..., sk-svcacct-..., sk-admin-...
     (re.compile(r"\bsk-[A-Za-z0-9_\-]{6,}"), REDACTED),
+    # JSON Web Tokens (Entra ID access tokens, federated assertions): header.payload.signature
+    (re.compile(r"\beyJ[A-Za-z0-9_\-]{6,}\.[A-Za-z0-9_\-]{6,}\.[A-Za-z0-9_\-]*"), REDACTED),
 )
 
 _lock = threading.Lock()
@@ -43,6 +45,13 @@ def register_secret(secret: str | None) -> None:
     with _lock:
         if secret not in _secrets:
             _secrets = tuple(sorted({*_secrets, secret}, key=len, reverse=True))
+
+
+def forget_secret(secret: str) -> None:
+    """Stop looking for this string (an expired token: the list must not grow without end)."""
+    global _secrets
+    with _lock:
+        _secrets = tuple(known for known in _secrets if known != secret)
 
 
 def redact(text: str) -> str:
@@ -106,6 +115,10 @@ def setup_logging(level: str, fmt: str, secrets: Iterable[str | None] = ()) -> N
     # The HTTP libraries log every request at INFO; keep that for DEBUG.
     for noisy in ("httpx", "httpcore", "apscheduler", "aiohttp"):
         logging.getLogger(noisy).setLevel(level if level == "DEBUG" else "WARNING")
+    # azure-identity logs every token request at INFO and each failure as a multi-line WARNING;
+    # the exporter logs one line per cause itself (entra.py).
+    for noisy in ("azure", "msal"):
+        logging.getLogger(noisy).setLevel(level if level == "DEBUG" else "ERROR")
     logging.captureWarnings(True)
     # Tracebacks that nothing caught are written by hooks that bypass logging: route them through it.
     sys.excepthook = _log_uncaught

@@ -31,6 +31,7 @@ from pydantic import ValidationError
 
 from ckpt_exporter.api import ApiClient, ApiError
 from ckpt_exporter.diff import CheckpointDiff, DiffResult, Rejected
+from ckpt_exporter.entra import SignInFailed
 from ckpt_exporter.events import EventFeed, EventsResult
 from ckpt_exporter.exposition import RenderedJobs
 from ckpt_exporter.models import NOT_STARTED_STATUSES, TERMINAL_STATUSES, FineTuningJob, ListPage, parse_job
@@ -393,6 +394,8 @@ class Poller:
         elif exc.status in AUTH_STATUSES:
             self._auth_failed(exc, epoch)
             job.last_error = exc.reason
+        elif isinstance(exc, SignInFailed):  # logged once for the account by its token source
+            job.last_error = exc.reason
         elif job.last_error != exc.reason:
             log.warning("job %s: poll failed (%s): %s", job.job_id, exc.reason, exc)
             job.last_error = exc.reason
@@ -566,7 +569,7 @@ class Poller:
     def _listing_failed(self, exc: ApiError, epoch: int) -> None:
         if exc.status in AUTH_STATUSES:
             self._auth_failed(exc, epoch)
-        elif self._listing_error != exc.reason:
+        elif self._listing_error != exc.reason and not isinstance(exc, SignInFailed):
             log.warning(
                 "account %s: jobs listing failed (%s): %s; statuses stay as last read",
                 self._account,

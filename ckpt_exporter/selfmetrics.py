@@ -72,6 +72,13 @@ class SelfMetrics:
         )
         for reason in ("unauthorized", "tls_handshake"):
             self.http_rejected.labels(reason)
+        # Keyless Azure accounts (entra.py): created at zero for each such account and reason.
+        self.token_failures = Counter(
+            "ckpt_exporter_token_failures",
+            "Failures to get or use a Microsoft Entra ID token, by account and reason.",
+            ["account", "reason"],
+            registry=self.registry,
+        )
 
     def observe_request(self, endpoint: str, code: str) -> None:
         self.api_requests.labels(endpoint, code).inc()

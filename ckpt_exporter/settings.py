@@ -35,6 +35,7 @@ from pydantic_settings import (
 ENV_PREFIX = "CKPT_EXPORTER_"
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 AZURE_API_VERSION = "2024-10-21"
+AZURE_TOKEN_SCOPE = "https://cognitiveservices.azure.com/.default"
 DEFAULT_PORT = 9842  # in the exporter range 9100-9999; no well-known exporter uses it
 
 # A job id goes into a URL path: only plain identifiers (OpenAI's look like ftjob-abc123).
@@ -71,6 +72,10 @@ class AccountFields(BaseModel):
     jobs: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # Azure OpenAI: the api-version query parameter; none on the v1 path (.../openai/v1).
     azure_api_version: str | None = AZURE_API_VERSION
+    # Azure: the api-key header (key), or keyless Microsoft Entra ID tokens (entra: entra.py).
+    azure_auth: Literal["key", "entra"] = "key"
+    azure_token_scope: str = AZURE_TOKEN_SCOPE
+    azure_client_id: str | None = None
     # Discovery: list the account's jobs and watch those that match (jobs above are always watched).
     discover: bool = False
     discovery_interval_seconds: float = Field(300.0, ge=0.1)
@@ -133,6 +138,8 @@ class AccountFields(BaseModel):
                 "api_base_url: the azure flavor needs the resource's URL, "
                 "https://RESOURCE.openai.azure.com/openai"
             )
+        if self.azure_auth == "entra" and self.api_flavor != "azure":
+            raise ValueError("azure_auth: entra signs in to Azure; set api_flavor: azure")
         return self
 
     @property
@@ -149,6 +156,8 @@ class AccountFields(BaseModel):
         return self.api_key.get_secret_value() if self.api_key is not None else None
 
     def key_problem(self) -> str | None:
+        if self.azure_auth == "entra":  # keyless: tokens from azure-identity
+            return None
         if self.api_key_file is None and not (self.api_key and self.api_key.get_secret_value().strip()):
             return (
                 "no API key; set CKPT_EXPORTER_API_KEY (or OPENAI_API_KEY), "

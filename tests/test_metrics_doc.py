@@ -71,6 +71,7 @@ def served() -> dict[str, tuple[str, frozenset[str]]]:
     )
     metrics = SelfMetrics()
     metrics.poll_duration.observe(1)
+    metrics.token_failures.labels("default", "timeout")  # a keyless account's
     body, _ = MetricsApp(jobs, metrics, lambda: True).metrics_response("", "")
     out = {}
     for family in text_string_to_metric_families(body.decode()):
