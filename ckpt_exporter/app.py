@@ -87,6 +87,11 @@ def build_account(
     account: AccountSettings, settings: Settings, jobs: RenderedJobs, metrics: SelfMetrics
 ) -> Account:
     """One account's client: its URL, sign-in (account_auth), headers and Azure's api-version."""
+    if account.api_flavor == "azure" and (account.organization or account.project):
+        log.warning(
+            "account %s: organization and project are OpenAI's headers; they are not sent to Azure",
+            account.name,
+        )
     auth, tokens = account_auth(account, metrics)
     http = make_http_client(
         account.api_base_url,

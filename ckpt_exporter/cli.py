@@ -116,15 +116,32 @@ def _run(
         return 1
 
 
+_DEMO_PROJECT_PATH = "/api/projects/demo-project/openai/v1"
+
+
+def _demo_identity() -> Any:
+    """A simulated managed-identity endpoint (60-second tokens), exported to this process."""
+    from ckpt_exporter.fake.identity import FakeIdentity, FakeIdentityServer
+
+    server = FakeIdentityServer(FakeIdentity(lifetime=60.0)).start()
+    server.export_environment()
+    return server.identity
+
+
 def _demo(args: argparse.Namespace) -> int:
     from ckpt_exporter.fakeapi import FakeApi, FakeApiServer, SimulatedTraining
 
-    api = FakeApi(api_key="sk-demo")
+    # --api-flavor azure: keyless Foundry, signed in through azure-identity at a simulated
+    # managed-identity endpoint; the fake project endpoint accepts only the tokens it issued.
+    identity = _demo_identity() if args.api_flavor == "azure" else None
+    check = identity.token_checker() if identity else None
+    api = FakeApi(api_key=None if identity else "sk-demo", token_check=check)
     api.record_requests = False
     training = SimulatedTraining(api, jobs=args.demo_jobs, every_seconds=args.demo_checkpoint_seconds)
-    server = FakeApiServer(api).start()
+    server = FakeApiServer(api, prefix=_DEMO_PROJECT_PATH if identity else "/v1").start()
     values = {"poll_interval_seconds": 2, "listen_address": "127.0.0.1", **_settings_values(args)}
-    values.update(api_base_url=server.base_url, api_key="sk-demo", jobs=training.job_ids)
+    values.update(api_base_url=server.base_url, jobs=training.job_ids)
+    values.update({"azure_auth": "entra"} if identity else {"api_key": "sk-demo"})
     settings = load_settings(values, args.config)
     setup_logging(settings.log_level, settings.log_format)
     training.start()
@@ -137,6 +154,8 @@ def _demo(args: argparse.Namespace) -> int:
             "Stop with Ctrl-C.",
             flush=True,
         )
+        if identity:
+            print("Keyless: Microsoft Entra ID tokens from a simulated managed identity.", flush=True)
 
     started = time.monotonic()
     try:

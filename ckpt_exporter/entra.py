@@ -239,6 +239,8 @@ class TokenSource:
         else:
             ask_at = now + RECHECK_SECONDS
         held = _Held(info.token, expires_on, min(ask_at, expires_on - EXPIRY_MARGIN))
+        if self._held is None:
+            log.info("account %s: signed in with Microsoft Entra ID", self._account)
         if self._held is None or held.token != self._held.token:
             self._remember(held.token)
         self._held, self._failure = held, None

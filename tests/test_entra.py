@@ -17,12 +17,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import jwt
 import pytest
 
 from ckpt_exporter.fake.identity import FakeIdentity, FakeIdentityServer
 from ckpt_exporter.fakeapi import FakeApi, FakeApiServer
-from tests.helpers import DrainedExporterProcess, parse_samples, wait_for
+from tests.helpers import DrainedExporterProcess, free_port, parse_samples, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -375,3 +376,69 @@ def test_entra_is_only_for_azure() -> None:
         done.stderr
         == "ckpt-exporter: invalid setting azure_auth: entra signs in to Azure; set api_flavor: azure\n"
     )
+
+
+def test_the_keyless_demo_runs_on_one_machine() -> None:
+    port = free_port()
+    clean = {
+        k: v for k, v in os.environ.items() if not k.startswith(("CKPT_EXPORTER_", "OPENAI_", "IDENTITY_"))
+    }
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "ckpt_exporter", "demo", "--api-flavor", "azure", "--listen-port", str(port)],
+        env={**clean, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    demo_jobs = {"ftjob-demo1": 1.0, "ftjob-demo2": 1.0, "ftjob-demo3": 1.0}
+
+    def scraped() -> str:
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        except httpx.TransportError:
+            return ""
+
+    try:
+        assert wait_for(lambda: job_up(scraped()) == demo_jobs, 30)
+        text = scraped()
+        assert all(len(exported_steps(text, job_id)) >= 2 for job_id in demo_jobs)
+        assert token_failures(text) == dict.fromkeys(
+            ("unavailable", "unreachable", "endpoint_error", "rejected", "timeout", "api_rejected"), 0.0
+        )  # created for keyless accounts only: the demo signed in with Entra ID
+    finally:
+        demo.terminate()
+        output, _ = demo.communicate(timeout=15)
+    assert "account default: signed in with Microsoft Entra ID" in output
+    assert "Keyless: Microsoft Entra ID tokens from a simulated managed identity." in output
+
+
+def test_organization_and_project_with_azure_are_one_warning() -> None:
+    api = FakeApi(api_key="azure-key-0123456789")
+    api.add_job("ftjob-a")
+    with FakeApiServer(api, prefix="/openai") as server:
+        exporter = DrainedExporterProcess(
+            {
+                "CKPT_EXPORTER_API_FLAVOR": "azure",
+                "CKPT_EXPORTER_API_BASE_URL": server.base_url,
+                "CKPT_EXPORTER_API_KEY": "azure-key-0123456789",
+                "CKPT_EXPORTER_ORGANIZATION": "org-x",
+                "CKPT_EXPORTER_PROJECT": "proj-x",
+                "CKPT_EXPORTER_JOBS": "ftjob-a",
+                "CKPT_EXPORTER_POLL_INTERVAL_SECONDS": "1",
+            }
+        )
+        try:
+            exporter.wait_ready()
+            assert wait_for(lambda: api.count("checkpoints", "ftjob-a") >= 3, 20)
+        finally:
+            output = exporter.stop()
+    warnings = [line for line in output.splitlines() if "not sent to Azure" in line]
+    assert len(warnings) == 1, warnings
+    assert warnings[0].endswith(
+        "WARNING ckpt_exporter.app: account default: organization and project are OpenAI's headers; "
+        "they are not sent to Azure"
+    )
+    assert all(
+        "OpenAI-Organization" not in r.headers and "OpenAI-Project" not in r.headers for r in api.requests
+    )
+    assert {r.headers["api-key"] for r in api.requests} == {"azure-key-0123456789"}

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import ipaddress
+import os
 import secrets
 import ssl
 import tempfile
@@ -244,6 +245,11 @@ class FakeIdentityServer:
     def authority_host(self) -> str:
         """For AZURE_AUTHORITY_HOST (the client-secret and workload-identity routes; needs tls)."""
         return self.base_url
+
+    def export_environment(self) -> None:
+        """Point azure-identity's managed-identity route at this server (in this process)."""
+        os.environ["IDENTITY_ENDPOINT"] = self.identity_endpoint
+        os.environ["IDENTITY_HEADER"] = self.identity.identity_header
 
     def start(self) -> FakeIdentityServer:
         context = self._tls_context() if self._tls else None
