@@ -67,7 +67,9 @@ class Account:
     tokens: TokenSource | None = None  # keyless (azure_auth: entra)
 
 
-def account_auth(account: AccountSettings, metrics: SelfMetrics) -> tuple[httpx.Auth, TokenSource | None]:
+def account_auth(
+    account: AccountSettings, metrics: SelfMetrics, request_timeout: float = 30.0
+) -> tuple[httpx.Auth, TokenSource | None]:
     """OpenAI: Authorization: Bearer KEY. Azure: api-key: KEY, or Bearer <Entra ID token>."""
     if account.api_flavor == "azure" and account.azure_auth == "entra":
         for reason in TOKEN_FAILURE_REASONS:
@@ -77,6 +79,9 @@ def account_auth(account: AccountSettings, metrics: SelfMetrics) -> tuple[httpx.
             account=account.name,
             client_id=account.azure_client_id,
             on_failure=lambda reason: metrics.token_failures.labels(account.name, reason).inc(),
+            # Within the request's own time limit (3x the timeout), so that a hung identity
+            # endpoint is a token failure rather than a request timeout.
+            fetch_timeout=2 * request_timeout,
         )
         return EntraAuth(tokens), tokens
     keys = KeySource(account.read_api_key(), account.api_key_file)
@@ -92,7 +97,7 @@ def build_account(
             "account %s: organization and project are OpenAI's headers; they are not sent to Azure",
             account.name,
         )
-    auth, tokens = account_auth(account, metrics)
+    auth, tokens = account_auth(account, metrics, settings.request_timeout_seconds)
     http = make_http_client(
         account.api_base_url,
         auth=auth,

@@ -442,3 +442,49 @@ def test_organization_and_project_with_azure_are_one_warning() -> None:
         "OpenAI-Organization" not in r.headers and "OpenAI-Project" not in r.headers for r in api.requests
     )
     assert {r.headers["api-key"] for r in api.requests} == {"azure-key-0123456789"}
+
+
+def test_no_identity_at_all_is_unavailable(foundry: tuple[FakeApi, FakeApiServer]) -> None:
+    """Only the environment credential allowed (AZURE_TOKEN_CREDENTIALS), and no secret set."""
+    _, api_server = foundry
+    env = keyless_env(FakeIdentityServer(FakeIdentity()), api_server)  # never started: unused
+    for name in ("IDENTITY_ENDPOINT", "IDENTITY_HEADER"):
+        del env[name]
+    env["AZURE_TOKEN_CREDENTIALS"] = "EnvironmentCredential"
+    exporter = DrainedExporterProcess(env)
+    try:
+        assert wait_for(
+            lambda: _answers(exporter) and token_failures(exporter.metrics())["unavailable"] >= 2, 30
+        )
+        assert job_up(exporter.metrics()) == dict.fromkeys(JOBS, 0.0)
+        lines = [line for line in exporter.output_so_far().splitlines() if "Entra ID" in line]
+        assert len(lines) == 1, lines
+        assert (
+            "no Entra ID token (unavailable): no identity to sign in with: EnvironmentCredential: "
+            in lines[0]
+        )
+    finally:
+        output = exporter.stop()
+    assert "Traceback" not in output
+
+
+def test_a_hung_identity_endpoint_is_a_timeout_and_metrics_keep_answering(
+    identity: tuple[FakeIdentity, FakeIdentityServer], foundry: tuple[FakeApi, FakeApiServer]
+) -> None:
+    fake_identity, identity_server = identity
+    _, api_server = foundry
+    fake_identity.hang(30.0)
+    exporter = DrainedExporterProcess(
+        keyless_env(identity_server, api_server, CKPT_EXPORTER_REQUEST_TIMEOUT_SECONDS="1")
+    )
+    try:
+        assert wait_for(lambda: _answers(exporter) and token_failures(exporter.metrics())["timeout"] >= 1, 30)
+        assert job_up(exporter.metrics()) == dict.fromkeys(JOBS, 0.0)
+        lines = [line for line in exporter.output_so_far().splitlines() if "Entra ID" in line]
+        assert lines[0].endswith(
+            "no Entra ID token (timeout): no token within 2s; requests wait for a token, retried every 2s"
+        ), lines
+        fake_identity.recover()
+        assert wait_for(lambda: job_up(exporter.metrics()) == dict.fromkeys(JOBS, 1.0), 40)
+    finally:
+        exporter.stop()

@@ -96,6 +96,7 @@ class FakeIdentity:
     issued: list[IssuedToken] = field(default_factory=list)
     requests: int = 0
     failing_status: int | None = None  # every token request is answered with this status
+    hang_seconds: float = 0.0  # every token request waits this long before its answer
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def fail(self, status: int = 500) -> None:
@@ -103,7 +104,11 @@ class FakeIdentity:
         self.failing_status = status
 
     def recover(self) -> None:
-        self.failing_status = None
+        self.failing_status, self.hang_seconds = None, 0.0
+
+    def hang(self, seconds: float) -> None:
+        """Hold every token request this long before answering, until `recover()`."""
+        self.hang_seconds = seconds
 
     def token_checker(self, clock_skew: float = 0.0) -> Callable[[str], bool]:
         return token_checker(self.signing_key, clock_skew=clock_skew)
@@ -138,6 +143,8 @@ class FakeIdentity:
     # -- the App Service managed-identity protocol ------------------------------------------
 
     async def app_service(self, request: web.Request) -> web.Response:
+        if self.hang_seconds:
+            await asyncio.sleep(self.hang_seconds)
         if (status := self._count()) is not None:
             return web.json_response({"statusCode": status, "message": "Simulated failure"}, status=status)
         if request.headers.get("X-IDENTITY-HEADER") != self.identity_header:
@@ -169,6 +176,8 @@ class FakeIdentity:
     # -- the OAuth 2.0 client-credentials grant ---------------------------------------------
 
     async def oauth_token(self, request: web.Request) -> web.Response:
+        if self.hang_seconds:
+            await asyncio.sleep(self.hang_seconds)
         if (status := self._count()) is not None:
             return _oauth_error(status, "temporarily_unavailable", "AADSTS90033: Simulated failure.")
         form = await request.post()
