@@ -4,7 +4,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from ckpt_exporter.fakeapi import FakeApi, FakeApiServer
+from ckpt_exporter.fake import FakeApi, FakeApiServer
 
 API_KEY = "sk-test-0123456789abcdefSECRET"
 

@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
-from ckpt_exporter.fakeapi import FakeApi, FakeApiServer, Fault
+from ckpt_exporter.fake import FakeApi, FakeApiServer, Fault
 from ckpt_exporter.models import METRIC_FIELDS
 from tests.conftest import API_KEY
 from tests.helpers import ExporterProcess, Samples, parse_samples, wait_for

@@ -15,7 +15,7 @@ import pytest
 
 from ckpt_exporter.api import ApiClient, ApiKeyAuth, KeySource, make_http_client
 from ckpt_exporter.exposition import RenderedJobs
-from ckpt_exporter.fakeapi import FakeApi, FakeApiServer
+from ckpt_exporter.fake import FakeApi, FakeApiServer
 from ckpt_exporter.poller import Discovery, Poller, Shard
 from ckpt_exporter.selfmetrics import SelfMetrics
 from tests.conftest import API_KEY

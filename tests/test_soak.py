@@ -15,7 +15,7 @@ import time
 import httpx
 import pytest
 
-from ckpt_exporter.fakeapi import FakeApi, FakeApiServer, Fault
+from ckpt_exporter.fake import FakeApi, FakeApiServer, Fault
 from tests.conftest import API_KEY
 from tests.helpers import DrainedExporterProcess, parse_samples, wait_for
 from tests.test_faults import checkpoint_samples, expected_samples, metrics_for
