@@ -19,12 +19,13 @@ import httpx
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from ckpt_exporter import __version__
-from ckpt_exporter.api import ApiClient, ApiKeyAuth, KeySource, make_http_client
+from ckpt_exporter.api import ApiClient
 from ckpt_exporter.exposition import RenderedJobs
 from ckpt_exporter.poller import Discovery, Poller, Shard
 from ckpt_exporter.selfmetrics import SelfMetrics
 from ckpt_exporter.server import MetricsApp, MetricsServer
 from ckpt_exporter.settings import AccountSettings, Settings, SettingsError
+from ckpt_exporter.transport import ApiKeyAuth, KeySource, make_http_client
 from ckpt_exporter.webconfig import load_web_config
 
 log = logging.getLogger(__name__)

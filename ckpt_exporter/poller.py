@@ -29,11 +29,19 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ckpt_exporter.api import ApiClient, ApiError
-from ckpt_exporter.diff import CheckpointDiff, DiffResult, Rejected
+from ckpt_exporter.api import ApiClient
+from ckpt_exporter.diff import CheckpointDiff, DiffResult
 from ckpt_exporter.events import EventFeed, EventsResult
 from ckpt_exporter.exposition import RenderedJobs
-from ckpt_exporter.models import NOT_STARTED_STATUSES, TERMINAL_STATUSES, FineTuningJob, ListPage, parse_job
+from ckpt_exporter.models import (
+    NOT_STARTED_STATUSES,
+    TERMINAL_STATUSES,
+    ApiError,
+    FineTuningJob,
+    ListPage,
+    Rejected,
+    parse_job,
+)
 from ckpt_exporter.selfmetrics import SelfMetrics
 from ckpt_exporter.snapshot import JobSnapshot
 

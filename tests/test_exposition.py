@@ -176,8 +176,7 @@ def test_background_rebuilds_follow_changes() -> None:
 def test_the_stable_prefix_is_reused_after_volatile_changes_and_every_body_stays_exact() -> None:
     from dataclasses import replace
 
-    from ckpt_exporter.events import MetricsEventData
-    from ckpt_exporter.models import FineTuningJob
+    from ckpt_exporter.models import FineTuningJob, MetricsEventData
 
     job_doc = TypeAdapter(FineTuningJob).validate_python(
         {"id": "ftjob-a", "status": "running", "created_at": 1_712_211_000, "model": "gpt-4o-mini"}

@@ -8,9 +8,8 @@ import re
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import TypeAdapter
 
-from ckpt_exporter.events import MetricsEventData
 from ckpt_exporter.exposition import RenderedJobs
-from ckpt_exporter.models import Checkpoint, FineTuningJob
+from ckpt_exporter.models import Checkpoint, FineTuningJob, MetricsEventData
 from ckpt_exporter.selfmetrics import SelfMetrics
 from ckpt_exporter.server import MetricsApp
 from ckpt_exporter.snapshot import JobSnapshot

@@ -16,12 +16,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ckpt_exporter.api import ApiClient, make_http_client
+from ckpt_exporter.api import ApiClient
 from ckpt_exporter.exposition import RenderedJobs
 from ckpt_exporter.fakeapi import FakeApi, FakeApiServer, Fault
 from ckpt_exporter.models import METRIC_FIELDS
 from ckpt_exporter.poller import Poller
 from ckpt_exporter.selfmetrics import SelfMetrics
+from ckpt_exporter.transport import make_http_client
 from tests.helpers import parse_samples
 from tests.test_faults import expected_samples
 

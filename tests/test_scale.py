@@ -13,11 +13,12 @@ from typing import Any
 
 import pytest
 
-from ckpt_exporter.api import ApiClient, ApiKeyAuth, KeySource, make_http_client
+from ckpt_exporter.api import ApiClient
 from ckpt_exporter.exposition import RenderedJobs
 from ckpt_exporter.fakeapi import FakeApi, FakeApiServer
 from ckpt_exporter.poller import Discovery, Poller, Shard
 from ckpt_exporter.selfmetrics import SelfMetrics
+from ckpt_exporter.transport import ApiKeyAuth, KeySource, make_http_client
 from tests.conftest import API_KEY
 from tests.helpers import Samples, parse_samples
 
