@@ -17,6 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parent.parent
+API_KEY = "sk-test-0123456789abcdefSECRET"  # the fake API's key in the tests
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 

@@ -8,7 +8,7 @@ import re
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import TypeAdapter
 
-from ckpt_exporter.exposition import RenderedJobs
+from ckpt_exporter.exposition import ExpositionCache
 from ckpt_exporter.models import Checkpoint, FineTuningJob, MetricsEventData
 from ckpt_exporter.selfmetrics import SelfMetrics
 from ckpt_exporter.server import MetricsApp
@@ -47,7 +47,7 @@ def served() -> dict[str, tuple[str, frozenset[str]]]:
             },
         }
     )
-    jobs = RenderedJobs()
+    jobs = ExpositionCache()
     job = TypeAdapter(FineTuningJob).validate_python(
         {"id": "j", "status": "running", "created_at": 1, "trained_tokens": 5, "estimated_finish": 9}
     )
