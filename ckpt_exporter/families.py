@@ -38,18 +38,28 @@ class Family:
     help: str
     group: Group
     samples: Callable[[JobSnapshot], Iterable[Sample]]
+    info_labels: tuple[str, ...] = ()  # an info family's own labels, besides `labels`
 
     @property
     def exposed_name(self) -> str:
         """The name docs/metrics.md lists: a counter's with _total, an info's with _info."""
         return self.name + {"gauge": "", "counter": "_total", "info": "_info"}[self.kind]
 
+    @property
+    def exposed_type(self) -> str:
+        """The type the text format gives it (an info family is a gauge of value 1 there)."""
+        return "gauge" if self.kind == "info" else self.kind
+
+    @property
+    def exposed_labels(self) -> tuple[str, ...]:
+        return (*self.labels, *self.info_labels)
+
     def build(self, jobs: Iterable[JobSnapshot]) -> Metric:
         if self.kind == "info":
             info = InfoMetricFamily(self.name, self.help, labels=self.labels)
             for job in jobs:
                 for labels, value in self.samples(job):
-                    assert isinstance(value, dict)
+                    assert isinstance(value, dict) and tuple(value) == self.info_labels
                     info.add_metric(labels, value)
             return info
         family = (GaugeMetricFamily if self.kind == "gauge" else CounterMetricFamily)(
@@ -174,6 +184,7 @@ FAMILIES: tuple[Family, ...] = (
         "Identity of a checkpoint: its id and the name of the checkpoint model.",
         "stable",
         _per_checkpoint(lambda c: {"checkpoint_id": c.id, "model": c.fine_tuned_model_checkpoint or ""}),
+        info_labels=("checkpoint_id", "model"),
     ),
     Family(
         "openai_fine_tuning_job_latest_step",
@@ -199,6 +210,7 @@ FAMILIES: tuple[Family, ...] = (
         "Identity of a job: base model, fine-tuned model (empty until it succeeds), suffix, account.",
         "stable",
         _per_job(_job_info),
+        info_labels=("model", "fine_tuned_model", "suffix", "account"),
     ),
     Family(
         "openai_fine_tuning_job_trained_tokens",

@@ -23,8 +23,7 @@ from ckpt_exporter.models import METRIC_FIELDS
 from ckpt_exporter.poller import Poller
 from ckpt_exporter.selfmetrics import SelfMetrics
 from ckpt_exporter.transport import make_http_client
-from tests.helpers import parse_samples
-from tests.test_faults import expected_samples
+from tests.helpers import expected_samples, parse_samples
 
 JOBS = 3
 FULL_READ_EVERY = 3

@@ -16,8 +16,15 @@ import httpx
 import pytest
 
 from ckpt_exporter.fakeapi import FakeApi, FakeApiServer, Fault
-from tests.helpers import API_KEY, DrainedExporterProcess, parse_samples, wait_for
-from tests.test_faults import checkpoint_samples, expected_samples, metrics_for
+from tests.helpers import (
+    API_KEY,
+    DrainedExporterProcess,
+    checkpoint_samples,
+    expected_samples,
+    metrics_for,
+    parse_samples,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
