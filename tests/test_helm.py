@@ -727,9 +727,21 @@ def test_workload_identity_without_the_webhook_projects_the_token_itself(helm: s
 
 def test_entra_without_workload_identity_needs_no_key(helm: str) -> None:
     """Another Entra route (a managed identity, a service principal's variables): no key either."""
-    docs = render(helm, *sets("config.api_flavor=azure", "config.azure_auth=entra", "config.jobs[0]=ftjob-a"))
+    entra = sets(
+        "config.api_flavor=azure",
+        "config.azure_auth=entra",
+        "config.azure_token_scope=https://ai.azure.com/.default",
+        f"config.azure_client_id={CLIENT_ID}",
+        "config.jobs[0]=ftjob-a",
+    )
+    docs = render(helm, *entra)
     config = config_of(docs)
-    assert (config["azure_auth"], "api_key_file" in config) == ("entra", False)
+    assert "api_key_file" not in config
+    assert (config["azure_auth"], config["azure_token_scope"], config["azure_client_id"]) == (
+        "entra",
+        "https://ai.azure.com/.default",
+        CLIENT_ID,
+    )
     assert secret_references(docs) == []
     assert "azure.workload.identity/client-id" not in (
         one(docs, "ServiceAccount", FULLNAME)["metadata"].get("annotations") or {}
@@ -742,6 +754,7 @@ WORKLOAD_IDENTITY_MISTAKES = {
     "azure.workloadIdentity.webhook=false": "needs azure.workloadIdentity.tenantId",
     "azure.workloadIdentity.clientId=not-a-guid": "/azure/workloadIdentity/clientId",
     "config.azure_auth=oauth": "/config/azure_auth",
+    "config.azure_token_scope=a b": "/config/azure_token_scope",
 }
 
 
