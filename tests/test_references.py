@@ -20,9 +20,9 @@ import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
 from prometheus_client.parser import text_string_to_metric_families
 
-from ckpt_exporter.fakeapi import FakeApi, FakeApiServer
-from tests.conftest import API_KEY
+from ckpt_exporter.fake import FakeApi, FakeApiServer
 from tests.helpers import (
+    API_KEY,
     REPO,
     DrainedExporterProcess,
     ExporterProcess,
