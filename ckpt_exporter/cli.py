@@ -129,7 +129,7 @@ def _demo_identity() -> Any:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from ckpt_exporter.fakeapi import FakeApi, FakeApiServer, SimulatedTraining
+    from ckpt_exporter.fake import FakeApi, FakeApiServer, SimulatedTraining
 
     # --api-flavor azure: keyless Foundry, signed in through azure-identity at a simulated
     # managed-identity endpoint; the fake project endpoint accepts only the tokens it issued.

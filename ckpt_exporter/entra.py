@@ -35,8 +35,8 @@ from typing import Any, Protocol
 
 import httpx
 
-from ckpt_exporter.api import ApiError
 from ckpt_exporter.logging_setup import forget_secret, redact, register_secret
+from ckpt_exporter.models import SignInFailed
 
 log = logging.getLogger(__name__)
 
@@ -62,18 +62,6 @@ SECRET_VARIABLES = (
     "AZURE_CLIENT_SECRET",
     "AZURE_CLIENT_CERTIFICATE_PASSWORD",
 )
-
-
-class SignInFailed(ApiError):
-    """No usable token: the request was not sent (or the API refused a fresh token).
-
-    `cause` is one of TOKEN_FAILURE_REASONS. The token source logs it, once per account and cause,
-    so the poller does not log it again for every job.
-    """
-
-    def __init__(self, cause: str, message: str) -> None:
-        super().__init__("sign_in", message)
-        self.cause = cause
 
 
 class TokenCredential(Protocol):
@@ -278,13 +266,10 @@ class TokenSource:
             self._retry_at = time.monotonic() + self._retry_seconds
         if self._logged != cause:
             self._logged = cause
-            log.error(
-                "account %s: no Entra ID token (%s): %s; requests wait for a token, retried every %gs",
-                self._account,
-                cause,
-                message,
-                self._retry_seconds,
+            then = (
+                f"tried again every {self._retry_seconds:g}s" if fetch else "polls go on at the poll interval"
             )
+            log.error("account %s: no Entra ID token (%s): %s; %s", self._account, cause, message, then)
         return SignInFailed(cause, message)
 
 
