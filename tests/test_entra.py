@@ -196,7 +196,8 @@ def test_an_identity_endpoint_down_then_up(
         back = time.monotonic()
         assert wait_for(lambda: job_up(exporter.metrics()) == dict.fromkeys(JOBS, 1.0), 20)
         recovered_in = time.monotonic() - back
-        assert recovered_in < 20
+        assert recovered_in < 20  # the bound (wait_for above already gave up at 20 s)
+        print(f"recovered {recovered_in:.1f}s after the identity endpoint came back")
         assert exported_steps(exporter.metrics(), JOBS[0]) == {10: 0.5}
         assert "account default: signed in with Entra ID again" in exporter.output_so_far()
     finally:
