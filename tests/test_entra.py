@@ -493,3 +493,27 @@ def test_a_hung_identity_endpoint_is_a_timeout_and_metrics_keep_answering(
         assert wait_for(lambda: job_up(exporter.metrics()) == dict.fromkeys(JOBS, 1.0), 40)
     finally:
         exporter.stop()
+
+
+@pytest.mark.parametrize(
+    ("prefix", "api_version"), [("/openai", "2024-10-21"), ("/openai/v1", None), (PROJECT, None)]
+)
+def test_keyless_on_every_address_form_sends_bearer_and_no_key(
+    prefix: str, api_version: str | None, identity: tuple[FakeIdentity, FakeIdentityServer]
+) -> None:
+    fake_identity, identity_server = identity
+    api = FakeApi(token_check=fake_identity.token_checker())
+    api.add_job(JOBS[0], newest_first=False)
+    api.add_checkpoint(JOBS[0], 10, {"train_loss": 0.75})
+    with FakeApiServer(api, prefix=prefix) as server:
+        env = keyless_env(identity_server, server, CKPT_EXPORTER_JOBS=JOBS[0])
+        exporter = DrainedExporterProcess(env)
+        try:
+            assert wait_for(lambda: _answers(exporter) and job_up(exporter.metrics()) == {JOBS[0]: 1.0}, 30)
+            assert exported_steps(exporter.metrics(), JOBS[0]) == {10: 0.75}
+        finally:
+            exporter.stop()
+    assert {r.path.startswith(prefix + "/fine_tuning/jobs/") for r in api.requests} == {True}
+    assert {r.query.get("api-version") for r in api.requests} == {api_version}
+    assert {"api-key" in r.headers for r in api.requests} == {False}
+    assert {r.headers["Authorization"].startswith("Bearer eyJ") for r in api.requests} == {True}

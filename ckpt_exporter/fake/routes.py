@@ -48,18 +48,16 @@ def check_credentials(
     """Azure's paths want api-version (except /openai/v1) and the key in an api-key header;
     OpenAI's want `Authorization: Bearer <key>`. With `token_check`, only a Bearer token it
     accepts (an Entra ID token of the fake identity endpoint). None: the request may go on."""
+    azure = request.path.startswith("/openai/")
+    if azure and not request.path.startswith("/openai/v1/") and "api-version" not in request.query:
+        return http_error(404, "Resource not found (missing api-version)", "404")
+    authorization = request.headers.get("Authorization", "")
+    bearer = authorization.removeprefix("Bearer ") if authorization.startswith("Bearer ") else None
     if token_check is not None:
-        bearer = request.headers.get("Authorization", "")
-        if not (bearer.startswith("Bearer ") and token_check(bearer.removeprefix("Bearer "))):
+        if bearer is None or not token_check(bearer):
             return http_error(401, "Unauthorized. Access token is missing, invalid or expired.", "401")
         return None
-    if request.path.startswith("/openai/"):
-        if not request.path.startswith("/openai/v1/") and "api-version" not in request.query:
-            return http_error(404, "Resource not found (missing api-version)", "404")
-        supplied = request.headers.get("api-key")
-    else:
-        authorization = request.headers.get("Authorization", "")
-        supplied = authorization.removeprefix("Bearer ") if authorization.startswith("Bearer ") else None
+    supplied = request.headers.get("api-key") if azure else bearer
     if api_key is not None and supplied != api_key:
         return http_error(401, "Incorrect API key provided.", "invalid_api_key")
     return None
