@@ -517,3 +517,43 @@ def test_keyless_on_every_address_form_sends_bearer_and_no_key(
     assert {r.query.get("api-version") for r in api.requests} == {api_version}
     assert {"api-key" in r.headers for r in api.requests} == {False}
     assert {r.headers["Authorization"].startswith("Bearer eyJ") for r in api.requests} == {True}
+
+
+def test_a_keyed_and_a_keyless_account_in_one_exporter(
+    tmp_path: Path, identity: tuple[FakeIdentity, FakeIdentityServer], foundry: tuple[FakeApi, FakeApiServer]
+) -> None:
+    _, identity_server = identity
+    keyless_api, keyless_server = foundry
+    keyless_api.add_checkpoint(JOBS[0], 10, {"train_loss": 0.5})
+    keyed_api = FakeApi(api_key="azure-key-0123456789")
+    keyed_api.add_job("ftjob-keyed")
+    keyed_api.add_checkpoint("ftjob-keyed", 20, {"train_loss": 0.25})
+    key_file = tmp_path / "api-key"
+    key_file.write_text("azure-key-0123456789")
+    with FakeApiServer(keyed_api, prefix="/openai") as keyed_server:
+        config = tmp_path / "config.yaml"
+        config.write_text(
+            "accounts:\n"
+            f"  - {{name: keyed, api_flavor: azure, api_base_url: '{keyed_server.base_url}',\n"
+            f"     api_key_file: '{key_file}', jobs: [ftjob-keyed]}}\n"
+            "  - {name: keyless, api_flavor: azure, azure_auth: entra,\n"
+            f"     api_base_url: '{keyless_server.base_url}', jobs: [{JOBS[0]}]}}\n"
+        )
+        env = keyless_env(identity_server, keyless_server, CKPT_EXPORTER_CONFIG_FILE=str(config))
+        for name in ("CKPT_EXPORTER_API_FLAVOR", "CKPT_EXPORTER_AZURE_AUTH", "CKPT_EXPORTER_API_BASE_URL"):
+            del env[name]
+        del env["CKPT_EXPORTER_JOBS"]
+        exporter = DrainedExporterProcess(env)
+        try:
+            wanted = {JOBS[0]: 1.0, "ftjob-keyed": 1.0}
+            assert wait_for(lambda: _answers(exporter) and job_up(exporter.metrics()) == wanted, 30)
+            text = exporter.metrics()
+            assert exported_steps(text, JOBS[0]) == {10: 0.5}
+            assert exported_steps(text, "ftjob-keyed") == {20: 0.25}
+            accounts = {dict(labels)["account"] for (_, labels) in parse_samples(text, "ckpt_exporter_token")}
+            assert accounts == {"keyless"}  # token failures are counted for the keyless account only
+        finally:
+            exporter.stop()
+    assert {r.headers.get("api-key") for r in keyed_api.requests} == {"azure-key-0123456789"}
+    assert {"Authorization" in r.headers for r in keyed_api.requests} == {False}
+    assert {"api-key" in r.headers for r in keyless_api.requests} == {False}
