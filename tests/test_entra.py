@@ -23,6 +23,7 @@ import pytest
 
 from ckpt_exporter.fake import FakeApi, FakeApiServer
 from ckpt_exporter.fake.identity import FakeIdentity, FakeIdentityServer
+from ckpt_exporter.logging_setup import forget_secret, redact, register_secret
 from tests.helpers import DrainedExporterProcess, free_port, parse_samples, wait_for
 
 pytestmark = pytest.mark.integration
@@ -557,3 +558,16 @@ def test_a_keyed_and_a_keyless_account_in_one_exporter(
     assert {r.headers.get("api-key") for r in keyed_api.requests} == {"azure-key-0123456789"}
     assert {"Authorization" in r.headers for r in keyed_api.requests} == {False}
     assert {"api-key" in r.headers for r in keyless_api.requests} == {False}
+
+
+def test_tokens_are_redacted_whoever_logs_them() -> None:
+    """A registered token goes whole; any JSON Web Token does too; an expired one is forgotten."""
+    fake = FakeIdentity()
+    token, _ = fake.issue("https://cognitiveservices.azure.com", "app_service", None)
+    assert redact(f"sent Authorization={token}!") == "sent Authorization=[REDACTED]!"
+    assert redact(f"event {{'access_token': '{token}'}}") == "event {'access_token': '[REDACTED]'}"
+    opaque = "opaque-token-value-0123456789"
+    register_secret(opaque)
+    assert redact(f"x {opaque} y") == "x [REDACTED] y"
+    forget_secret(opaque)
+    assert redact(f"x {opaque} y") == f"x {opaque} y"
