@@ -6,7 +6,8 @@ import pytest
 
 from ckpt_exporter.app import configure_process
 from ckpt_exporter.fake import FakeApi, FakeApiServer
-from tests.helpers import API_KEY
+from ckpt_exporter.fake.identity import FakeIdentity, FakeIdentityServer
+from tests.helpers import API_KEY, FOUNDRY_PROJECT, KEYLESS_JOBS
 
 # In-process tests build the exporter's parts as the process does after its start-up.
 configure_process()
@@ -16,4 +17,20 @@ configure_process()
 def fake_api() -> Iterator[tuple[FakeApi, FakeApiServer]]:
     api = FakeApi(api_key=API_KEY)
     with FakeApiServer(api) as server:
+        yield api, server
+
+
+@pytest.fixture
+def identity() -> Iterator[tuple[FakeIdentity, FakeIdentityServer]]:
+    fake = FakeIdentity(lifetime=20.0, client_ids=frozenset({"uami-client-id"}))
+    with FakeIdentityServer(fake) as server:
+        yield fake, server
+
+
+@pytest.fixture
+def foundry(identity: tuple[FakeIdentity, FakeIdentityServer]) -> Iterator[tuple[FakeApi, FakeApiServer]]:
+    api = FakeApi(token_check=identity[0].token_checker())
+    for job_id in KEYLESS_JOBS:
+        api.add_job(job_id, newest_first=False)  # Azure lists the oldest first
+    with FakeApiServer(api, prefix=FOUNDRY_PROJECT) as server:
         yield api, server

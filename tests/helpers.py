@@ -18,6 +18,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from ckpt_exporter.fake import FakeApiServer
+from ckpt_exporter.fake.identity import FakeIdentityServer
 from ckpt_exporter.models import METRIC_FIELDS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -221,3 +223,64 @@ def substitute_grafana_variables(
         .replace("${job_id}", job_regex)
         .replace("$job_id", job_regex)
     )
+
+
+# -- keyless Azure (tests/test_entra*.py): the fake Foundry project endpoint, the exporter's env ----
+
+FOUNDRY_PROJECT = "/api/projects/demo-project/openai/v1"  # Foundry's project endpoint, under the resource
+KEYLESS_JOBS = ("ftjob-entra1", "ftjob-entra2")
+TOKEN_FAILURE_REASONS = (
+    "unavailable",
+    "unreachable",
+    "endpoint_error",
+    "rejected",
+    "timeout",
+    "api_rejected",
+)
+
+
+def keyless_env(
+    identity_server: FakeIdentityServer, api_server: FakeApiServer, **extra: str
+) -> dict[str, str]:
+    """The exporter's environment for keyless Azure, signing in at the fake managed identity."""
+    return {
+        "CKPT_EXPORTER_API_FLAVOR": "azure",
+        "CKPT_EXPORTER_AZURE_AUTH": "entra",
+        "CKPT_EXPORTER_API_BASE_URL": api_server.base_url,
+        "CKPT_EXPORTER_JOBS": ",".join(KEYLESS_JOBS),
+        "CKPT_EXPORTER_POLL_INTERVAL_SECONDS": "1",
+        "IDENTITY_ENDPOINT": identity_server.identity_endpoint,
+        "IDENTITY_HEADER": identity_server.identity.identity_header,
+        **extra,
+    }
+
+
+def exported_steps(text: str, job_id: str) -> dict[int, float]:
+    samples = parse_samples(text, "openai_fine_tuning_checkpoint_train_loss")
+    out = {}
+    for (_, labels), value in samples.items():
+        label = dict(labels)
+        if label["job_id"] == job_id:
+            out[int(label["step"])] = value
+    return out
+
+
+def job_up(text: str) -> dict[str, float]:
+    samples = parse_samples(text, "ckpt_exporter_job_up")
+    return {dict(labels)["job_id"]: value for (_, labels), value in samples.items()}
+
+
+def token_failures(text: str) -> dict[str, float]:
+    samples = parse_samples(text, "ckpt_exporter_token_failures_total")
+    return {dict(labels)["reason"]: value for (_, labels), value in samples.items()}
+
+
+def sign_in_errors(output: str) -> list[str]:
+    return [line for line in output.splitlines() if " ERROR " in line and "Entra ID" in line]
+
+
+def answers(exporter: ExporterProcess) -> bool:
+    try:
+        return exporter.get("/metrics").status_code == 200
+    except Exception:
+        return False
