@@ -7,6 +7,7 @@ document, unchanged.
 from __future__ import annotations
 
 import json
+import re
 import socket
 from typing import Any
 
@@ -24,6 +25,28 @@ def validator(schema_name: str) -> Draft202012Validator:
     return Draft202012Validator(
         {"$ref": f"#/components/schemas/{schema_name}", "components": SPEC["components"]}
     )
+
+
+def job_validator() -> Draft202012Validator:
+    """FineTuningJob's schema, with two adaptations said here rather than hidden: `paused` among
+    the statuses (Azure's, and OpenAI's pause endpoint's; the schema does not list it yet), and the
+    spec's OpenAPI 3.0 leftover `exclusiveMinimum: true` read as 3.0 meant it (greater than
+    `minimum`), where JSON Schema 2020-12 would read it as "greater than 1"."""
+    components = json.loads(json.dumps(SPEC["components"]))
+    components["schemas"]["FineTuningJob"]["properties"]["status"]["enum"].append("paused")
+
+    def adapt(node: Any) -> None:
+        if isinstance(node, dict):
+            if node.get("exclusiveMinimum") is True:
+                node["exclusiveMinimum"] = node.pop("minimum")
+            for value in node.values():
+                adapt(value)
+        elif isinstance(node, list):
+            for value in node:
+                adapt(value)
+
+    adapt(components)
+    return Draft202012Validator({"$ref": "#/components/schemas/FineTuningJob", "components": components})
 
 
 def get(server: FakeApiServer, path: str, key: str | None = "sk-k", **params: Any) -> httpx.Response:
@@ -75,3 +98,176 @@ def test_stop_does_not_wait_for_a_connection_that_is_still_open() -> None:
         server.stop()  # raised TimeoutError after 10 s before the fake's shutdown_timeout
         assert not server.running
         assert client.recv(1024) == b""  # the fake closed the connection, answered nothing
+
+
+# --- Azure's address forms and what each accepts (ckpt_exporter/fake/auth.py has the sources) -------
+
+AZ_KEY = "az-key-0123456789"
+VALID_TOKEN = "eyJhbGciOi.eyJhdWQiOi.c2lnbmF0dXJl"  # header.payload.signature, as Entra's are
+EXPIRED_TOKEN = "eyJhbGciOi.eyJleHAiOi.ZXhwaXJlZA"
+CLASSIC = "/openai/fine_tuning/jobs/ftjob-1/checkpoints?api-version=2024-10-21"
+V1 = "/openai/v1/fine_tuning/jobs/ftjob-1/checkpoints"
+PROJECT = "/api/projects/proj-demo/openai/v1/fine_tuning/jobs/ftjob-1/checkpoints"
+OPENAI = "/v1/fine_tuning/jobs/ftjob-1/checkpoints"
+
+BAD_KEY = {
+    "error": {
+        "code": "401",
+        "message": "Access denied due to invalid subscription key or wrong API endpoint. Make sure to "
+        "provide a valid key for an active subscription and use a correct regional API endpoint for "
+        "your resource.",
+    }
+}
+BAD_TOKEN = {
+    "statusCode": 401,
+    "message": "Unauthorized. Access token is missing, invalid, audience is incorrect "
+    "(https://cognitiveservices.azure.com), or have expired.",
+}
+KEYS_DISABLED = {
+    "error": {
+        "code": "AuthenticationTypeDisabled",
+        "message": "Key based authentication is disabled for this resource.",
+    }
+}
+NO_API_VERSION = {"error": {"code": "404", "message": "Resource not found"}}
+OPENAI_BAD_KEY = {
+    "error": {
+        "message": "Incorrect API key provided.",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": "invalid_api_key",
+    }
+}
+
+
+class Tokens:
+    """A trivial token check: the tokens in `valid` are valid and unexpired."""
+
+    def __init__(self, *valid: str) -> None:
+        self.valid = set(valid)
+
+    def __call__(self, token: str) -> bool:
+        return token in self.valid
+
+
+def api_with_a_job(**options: Any) -> FakeApi:
+    api = FakeApi(**options)
+    api.add_job("ftjob-1")
+    api.add_checkpoint("ftjob-1", 10, {"train_loss": 0.5})
+    return api
+
+
+def answer(server: FakeApiServer, path: str, headers: dict[str, str]) -> tuple[int, Any]:
+    origin = f"http://{server.host}:{server.port}"
+    response = httpx.get(origin + path, headers=headers, timeout=5)
+    body = response.json()
+    return response.status_code, body if response.status_code != 200 else len(body["data"])
+
+
+def api_key(key: str) -> dict[str, str]:
+    return {"api-key": key}
+
+
+def bearer(credential: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {credential}"}
+
+
+@pytest.mark.parametrize(
+    ("path", "headers", "expected"),
+    [
+        (CLASSIC, api_key(AZ_KEY), (200, 1)),
+        (CLASSIC, api_key("az-wrong"), (401, BAD_KEY)),
+        (CLASSIC, bearer(VALID_TOKEN), (200, 1)),
+        (CLASSIC, bearer(EXPIRED_TOKEN), (401, BAD_TOKEN)),
+        (CLASSIC, bearer(AZ_KEY), (401, BAD_TOKEN)),  # classic takes a Bearer credential as a token
+        (CLASSIC, {}, (401, BAD_KEY)),
+        (
+            CLASSIC.split("?")[0],
+            api_key(AZ_KEY),
+            (404, {"error": {"code": "404", "message": "Resource not found"}}),
+        ),
+        (V1, api_key(AZ_KEY), (200, 1)),
+        (V1, bearer(AZ_KEY), (200, 1)),
+        (V1, bearer(VALID_TOKEN), (200, 1)),
+        (V1, bearer(EXPIRED_TOKEN), (401, BAD_TOKEN)),
+        (V1, bearer("az-wrong"), (401, BAD_KEY)),
+        (V1, api_key("az-wrong"), (401, BAD_KEY)),
+        (V1 + "?api-version=2024-10-21", api_key(AZ_KEY), (200, 1)),
+        (PROJECT, api_key(AZ_KEY), (200, 1)),
+        (PROJECT, bearer(AZ_KEY), (200, 1)),
+        (PROJECT, bearer(VALID_TOKEN), (200, 1)),
+        (PROJECT, bearer(EXPIRED_TOKEN), (401, BAD_TOKEN)),
+        (PROJECT, {}, (401, BAD_KEY)),
+        (OPENAI, bearer(AZ_KEY), (200, 1)),
+        (OPENAI, api_key(AZ_KEY), (401, OPENAI_BAD_KEY)),  # OpenAI knows no api-key header
+        (OPENAI, bearer(VALID_TOKEN), (401, OPENAI_BAD_KEY)),  # nor Entra tokens
+    ],
+)
+def test_each_address_form_accepts_what_azure_accepts(
+    path: str, headers: dict[str, str], expected: tuple[int, Any]
+) -> None:
+    with FakeApiServer(api_with_a_job(api_key=AZ_KEY, token_check=Tokens(VALID_TOKEN))) as server:
+        assert answer(server, path, headers) == expected
+
+
+@pytest.mark.parametrize("path", [CLASSIC, V1, PROJECT])
+def test_keyless_resource_refuses_keys_and_accepts_only_unexpired_tokens(path: str) -> None:
+    """key_auth=False is a resource with disableLocalAuth: Entra tokens only."""
+    tokens = Tokens(VALID_TOKEN)
+    api = api_with_a_job(api_key=AZ_KEY, token_check=tokens, key_auth=False)
+    with FakeApiServer(api) as server:
+        assert answer(server, path, api_key(AZ_KEY)) == (403, KEYS_DISABLED)
+        assert answer(server, path, api_key("az-wrong")) == (403, KEYS_DISABLED)
+        assert answer(server, path, {}) == (401, BAD_TOKEN)
+        assert answer(server, path, bearer(VALID_TOKEN)) == (200, 1)
+        tokens.valid.clear()  # the token expires
+        assert answer(server, path, bearer(VALID_TOKEN)) == (401, BAD_TOKEN)
+        expected_key_as_bearer = (401, BAD_TOKEN) if path == CLASSIC else (403, KEYS_DISABLED)
+        assert answer(server, path, bearer(AZ_KEY)) == expected_key_as_bearer
+    assert [r.path for r in api.requests] == [path.split("?")[0]] * 6
+
+
+def test_a_foundry_project_prefix_is_the_base_url() -> None:
+    api = api_with_a_job(api_key=AZ_KEY)
+    with FakeApiServer(api, prefix="/api/projects/proj-demo/openai/v1") as server:
+        assert server.base_url == f"http://127.0.0.1:{server.port}/api/projects/proj-demo/openai/v1"
+        response = httpx.get(server.base_url + "/fine_tuning/jobs", headers=bearer(AZ_KEY), timeout=5)
+        assert (response.status_code, [job["id"] for job in response.json()["data"]]) == (200, ["ftjob-1"])
+
+
+def test_azure_flavour_documents_have_azure_shapes_and_validate() -> None:
+    api = FakeApi(api_key=AZ_KEY, flavor="azure", newest_first=False)
+    job_id = "ftjob-966a5a930e6d4404884f52441e7688c8"
+    api.add_job(job_id, model="gpt-4.1-2025-04-14")
+    for step in (40, 80, 120):
+        api.add_checkpoint(job_id, step, {"train_loss": 1.0 / step, "full_valid_loss": 1.2 / step})
+    api.add_job("ftjob-done", model="gpt-4.1-2025-04-14", status="succeeded")
+    api.add_job("ftjob-rft", model="o4-mini-2025-04-16")
+    api.pause_for_cost_limit("ftjob-rft")
+    with FakeApiServer(api, prefix="/api/projects/p/openai/v1") as server:
+        page = get_azure(server, f"/fine_tuning/jobs/{job_id}/checkpoints", limit=10)
+        jobs = {job["id"]: job for job in get_azure(server, "/fine_tuning/jobs", limit=10)["data"]}
+        events = get_azure(server, "/fine_tuning/jobs/ftjob-rft/events")
+    validator("ListFineTuningJobCheckpointsResponse").validate(page)
+    assert [c["step_number"] for c in page["data"]] == [40, 80, 120]
+    for checkpoint in page["data"]:
+        assert re.fullmatch(r"ftchkpt-[0-9a-f]{32}", checkpoint["id"]), checkpoint["id"]
+        model = checkpoint["fine_tuned_model_checkpoint"]
+        assert re.fullmatch(r"gpt-4\.1-2025-04-14\.ft-[0-9a-f]{32}", model), model
+    assert len({c["id"] for c in page["data"]}) == 3
+    assert len({c["fine_tuned_model_checkpoint"] for c in page["data"]}) == 3
+    done = jobs["ftjob-done"]["fine_tuned_model"]
+    assert re.fullmatch(r"gpt-4\.1-2025-04-14\.ft-[0-9a-f]{32}", done), done
+    assert (jobs["ftjob-rft"]["status"], jobs[job_id]["fine_tuned_model"]) == ("paused", None)
+    for job in jobs.values():
+        job_validator().validate(job)
+    validator("ListFineTuningJobEventsResponse").validate(events)
+    assert [(e["level"], e["message"]) for e in events["data"]] == [
+        ("warn", "Job paused: its cost reached the job's cost limit.")
+    ]
+
+
+def get_azure(server: FakeApiServer, path: str, **params: Any) -> Any:
+    response = httpx.get(server.base_url + path, params=params, headers=api_key(AZ_KEY), timeout=5)
+    assert response.status_code == 200, response.text
+    return response.json()

@@ -2,15 +2,28 @@
 
 A job (FakeJob.document()), a checkpoint, an event, an error body and a list page. Pure data: no
 HTTP here, so that the state, the routes and the fault answers all build the same shapes.
+
+The `azure` flavour uses Azure's names (as its fine-tuning tutorial's outputs show them):
+checkpoint ids `ftchkpt-<32 hex>`, and checkpoint and fine-tuned model names `<model>.ft-<32 hex>`
+(gpt-4.1-2025-04-14.ft-966a5a930e6d4404884f52441e7688c8) where OpenAI writes
+`ft:<model>:<org>:<suffix>:<id>[:ckpt-step-<n>]`. Azure also reports a job `paused` (a
+reinforcement job that reached its cost limit), a status OpenAI's schema does not list.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 TERMINAL = ("succeeded", "failed", "cancelled")
+FLAVORS = ("openai", "azure")
+
+
+def azure_hex(*parts: object) -> str:
+    """32 hex digits, as in Azure's ids and model names; the same parts give the same digits."""
+    return hashlib.sha256("/".join(map(str, parts)).encode()).hexdigest()[:32]
 
 
 @dataclass
@@ -27,6 +40,21 @@ class FakeJob:
     trained_tokens: int | None = None
     estimated_finish: int | None = None
     finished_at: int | None = None
+    flavor: str = "openai"
+
+    def fine_tuned_model(self) -> str:
+        if self.flavor == "azure":
+            return f"{self.model}.ft-{azure_hex(self.id)}"
+        return f"ft:{self.model}:org:{self.suffix or ''}:{self.id[-8:]}"
+
+    def checkpoint_model(self, step: int) -> str:
+        """The name of the model a checkpoint at `step` is deployed as."""
+        if self.flavor == "azure":
+            return f"{self.model}.ft-{azure_hex(self.id, step)}"
+        return f"ft:{self.model}:org::{self.id[-8:]}:ckpt-step-{step}"
+
+    def checkpoint_id(self, serial: int) -> str:
+        return f"ftchkpt-{azure_hex(self.id, serial)}" if self.flavor == "azure" else f"ftckpt_{serial:06d}"
 
     def document(self) -> dict[str, Any]:
         """The job as GET /fine_tuning/jobs/{id} returns it."""
@@ -37,9 +65,7 @@ class FakeJob:
             "created_at": self.created_at,
             "error": None,
             "finished_at": self.finished_at,
-            "fine_tuned_model": f"ft:{self.model}:org:{self.suffix or ''}:{self.id[-8:]}"
-            if succeeded
-            else None,
+            "fine_tuned_model": self.fine_tuned_model() if succeeded else None,
             "hyperparameters": {"n_epochs": 3, "batch_size": 1, "learning_rate_multiplier": 1.0},
             "model": self.model,
             "organization_id": "org-fake",
@@ -63,7 +89,7 @@ def checkpoint_document(
         "object": "fine_tuning.job.checkpoint",
         "id": checkpoint_id,
         "created_at": created_at,
-        "fine_tuned_model_checkpoint": f"ft:{job.model}:org::{job.id[-8:]}:ckpt-step-{step}",
+        "fine_tuned_model_checkpoint": job.checkpoint_model(step),
         "fine_tuning_job_id": job.id,
         "metrics": {"step": step, **metrics},
         "step_number": step,
