@@ -28,12 +28,17 @@ def validator(schema_name: str) -> Draft202012Validator:
 
 
 def job_validator() -> Draft202012Validator:
-    """FineTuningJob's schema, with two adaptations said here rather than hidden: `paused` among
-    the statuses (Azure's, and OpenAI's pause endpoint's; the schema does not list it yet), and the
-    spec's OpenAPI 3.0 leftover `exclusiveMinimum: true` read as 3.0 meant it (greater than
-    `minimum`), where JSON Schema 2020-12 would read it as "greater than 1"."""
+    """FineTuningJob's schema, with three adaptations said here rather than hidden: `paused` among
+    the statuses (Azure's, and OpenAI's pause endpoint's; the schema does not list it yet); a multi
+    grader's `graders` as the map of named graders that OpenAI's graders guide and RFT examples
+    send (the schema has a single grader there); and the spec's OpenAPI 3.0 leftover
+    `exclusiveMinimum: true` read as 3.0 meant it (greater than `minimum`), where JSON Schema
+    2020-12 would read it as "greater than 1"."""
     components = json.loads(json.dumps(SPEC["components"]))
-    components["schemas"]["FineTuningJob"]["properties"]["status"]["enum"].append("paused")
+    schemas = components["schemas"]
+    schemas["FineTuningJob"]["properties"]["status"]["enum"].append("paused")
+    one_grader = schemas["GraderMulti"]["properties"]["graders"]
+    schemas["GraderMulti"]["properties"]["graders"] = {"type": "object", "additionalProperties": one_grader}
 
     def adapt(node: Any) -> None:
         if isinstance(node, dict):
@@ -271,3 +276,152 @@ def get_azure(server: FakeApiServer, path: str, **params: Any) -> Any:
     response = httpx.get(server.base_url + path, params=params, headers=api_key(AZ_KEY), timeout=5)
     assert response.status_code == 200, response.text
     return response.json()
+
+
+# --- DPO and reinforcement jobs (ckpt_exporter/fake/methods.py documents the shapes) ----------------
+
+
+def demo_documents() -> tuple[SimulatedTraining, dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The demo's jobs, each job's checkpoints and events, read over HTTP."""
+    api = FakeApi(api_key="sk-k")
+    training = SimulatedTraining(api, jobs=1)
+    for _ in range(3):
+        for job_id in training.job_ids:
+            training.advance(job_id)
+    with FakeApiServer(api) as server:
+        jobs = {job["id"]: job for job in get(server, "/fine_tuning/jobs", limit=100).json()["data"]}
+        checkpoints = {
+            j: get(server, f"/fine_tuning/jobs/{j}/checkpoints", limit=100).json() for j in training.job_ids
+        }
+        events = {j: get(server, f"/fine_tuning/jobs/{j}/events", limit=100).json() for j in training.job_ids}
+    return training, jobs, checkpoints, events
+
+
+def test_demo_has_one_job_of_each_method_and_their_documents_validate() -> None:
+    training, jobs, checkpoints, events = demo_documents()
+    assert training.job_ids == ["ftjob-demo1", "ftjob-demo-dpo", "ftjob-demo-rft"]
+    assert [jobs[j].get("method", {}).get("type") for j in training.job_ids] == [None, "dpo", "reinforcement"]
+    for job_id in training.job_ids:
+        job_validator().validate(jobs[job_id])
+        validator("ListFineTuningJobCheckpointsResponse").validate(checkpoints[job_id])
+        validator("ListFineTuningJobEventsResponse").validate(events[job_id])
+    assert jobs["ftjob-demo-dpo"]["method"] == {
+        "type": "dpo",
+        "dpo": {
+            "hyperparameters": {"beta": 0.1, "n_epochs": 2, "batch_size": 8, "learning_rate_multiplier": 0.5}
+        },
+    }
+    rft = jobs["ftjob-demo-rft"]["method"]["reinforcement"]
+    assert rft["hyperparameters"] == {
+        "reasoning_effort": "medium",
+        "compute_multiplier": 1.0,
+        "eval_interval": 5,
+        "eval_samples": 4,
+        "n_epochs": 1,
+        "batch_size": 16,
+        "learning_rate_multiplier": 1.0,
+    }
+    grader = rft["grader"]
+    assert (grader["type"], grader["calculate_output"]) == ("multi", "0.5 * correctness + 0.5 * explanation")
+    assert {name: g["type"] for name, g in grader["graders"].items()} == {
+        "correctness": "string_check",
+        "explanation": "score_model",
+    }
+    assert (jobs["ftjob-demo-dpo"]["hyperparameters"], jobs["ftjob-demo-rft"]["hyperparameters"]) == (
+        {"n_epochs": 2, "batch_size": 8, "learning_rate_multiplier": 0.5},
+        {"n_epochs": 1, "batch_size": 16, "learning_rate_multiplier": 1.0},
+    )
+
+
+RFT_TOP = {
+    "train_mean_reward",
+    "full_valid_mean_reward",
+    "completion_tokens_mean",
+    "reasoning_tokens_mean",
+    "mean_unresponsive_rewards",
+    "full_valid_mean_parse_error",
+}
+
+
+def test_rft_events_carry_the_rft_guides_shape_with_consistent_numbers() -> None:
+    _, _, checkpoints, events = demo_documents()
+    newest = events["ftjob-demo-rft"]["data"][0]  # newest first
+    data = newest["data"]
+    assert (newest["type"], data["step"], data["total_steps"]) == ("metrics", 10, 1000)
+    assert set(data) == {
+        "step",
+        "total_steps",
+        *RFT_TOP,
+        "valid_reasoning_tokens_mean",
+        "scores",
+        "errors",
+        "timing",
+        "usage",
+        "model_graders_token_usage",
+    }
+    scores = data["scores"]
+    graders = {g["name"]: g for g in scores["graders"]}
+    assert [(g["name"], g["type"]) for g in scores["graders"]] == [
+        ("correctness", "string_check"),
+        ("explanation", "score_model"),
+    ]
+    for split, top in (("train", "train_mean_reward"), ("valid", "full_valid_mean_reward")):
+        weighted = round(sum(0.5 * g[f"{split}_reward_mean"] for g in graders.values()), 4)
+        assert scores[f"{split}_reward_mean"] == data[top] == weighted
+    assert newest["message"] == (
+        f"Step 10/1000 , train mean reward={data['train_mean_reward']:.2f}, full validation mean "
+        f"reward={data['full_valid_mean_reward']:.2f}, full validation mean parse error="
+        f"{data['full_valid_mean_parse_error']:.2f}"
+    )
+    errors = {g["name"]: g for g in data["errors"]["graders"]}
+    expected_fields = {
+        f"{split}_{error}_{stat}"
+        for split in ("train", "valid")
+        for error in ("sample_parse_error", "invalid_variable_error", "other_error")
+        for stat in ("mean", "count")
+    }
+    assert {name: set(g) - {"name", "type"} for name, g in errors.items()} == {
+        "correctness": expected_fields,
+        "explanation": expected_fields,
+    }
+    assert errors["explanation"]["train_sample_parse_error_mean"] == data["full_valid_mean_parse_error"] > 0
+    assert (
+        errors["correctness"]["train_other_error_mean"]
+        == errors["explanation"]["valid_other_error_mean"]
+        == 0
+    )
+    step = data["timing"]["step"]
+    assert set(step) == {"sampling", "training", "eval", "full_iteration"}
+    assert step["full_iteration"] == round(step["sampling"] + step["training"] + step["eval"] + 4.5, 3)
+    rft_checkpoints = checkpoints["ftjob-demo-rft"]["data"]
+    assert [c["step_number"] for c in rft_checkpoints] == [10, 8, 6, 4, 2]
+    assert set(rft_checkpoints[0]["metrics"]) == {"step", *RFT_TOP}
+    assert {k: rft_checkpoints[0]["metrics"][k] for k in RFT_TOP} == {k: data[k] for k in RFT_TOP}
+
+
+def test_dpo_jobs_report_losses() -> None:
+    _, _, checkpoints, events = demo_documents()
+    dpo = checkpoints["ftjob-demo-dpo"]["data"]
+    assert [c["step_number"] for c in dpo] == [20, 40, 60, 80, 100]  # oldest first
+    assert {tuple(sorted(c["metrics"])) for c in dpo} == {
+        ("full_valid_loss", "step", "train_loss", "valid_loss")
+    }
+    assert all(0.75 < c["metrics"]["train_loss"] < 0.85 for c in dpo)  # ln 2 + 0.12 at the start
+    newest = events["ftjob-demo-dpo"]["data"][-1]  # oldest first: the newest is last
+    assert set(newest["data"]) == {"step", "total_steps", "train_loss", "valid_loss"}
+    assert (newest["data"]["step"], newest["data"]["total_steps"]) == (100, 10_000)
+    assert newest["data"]["train_loss"] == dpo[-1]["metrics"]["train_loss"]
+
+
+def test_a_method_job_succeeds_at_its_last_step_and_then_stays() -> None:
+    api = FakeApi()
+    training = SimulatedTraining(api, jobs=0)
+    for _ in range(600):
+        training.advance(SimulatedTraining.RFT_JOB)
+    job = api.jobs[SimulatedTraining.RFT_JOB]
+    assert (job.status, job.checkpoints[-1]["step_number"], job.events[-1]["data"]["step"]) == (
+        "succeeded",
+        1000,
+        1000,
+    )
+    assert len(job.events) == 500 and len(job.checkpoints) == SimulatedTraining.KEEP

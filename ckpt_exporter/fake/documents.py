@@ -41,6 +41,8 @@ class FakeJob:
     estimated_finish: int | None = None
     finished_at: int | None = None
     flavor: str = "openai"
+    method: dict[str, Any] | None = None  # None: a supervised job, whose document has no `method`
+    hyperparameters: dict[str, Any] | None = None  # None: the supervised defaults below
 
     def fine_tuned_model(self) -> str:
         if self.flavor == "azure":
@@ -59,14 +61,15 @@ class FakeJob:
     def document(self) -> dict[str, Any]:
         """The job as GET /fine_tuning/jobs/{id} returns it."""
         succeeded = self.status == "succeeded"
-        return {
+        document = {
             "object": "fine_tuning.job",
             "id": self.id,
             "created_at": self.created_at,
             "error": None,
             "finished_at": self.finished_at,
             "fine_tuned_model": self.fine_tuned_model() if succeeded else None,
-            "hyperparameters": {"n_epochs": 3, "batch_size": 1, "learning_rate_multiplier": 1.0},
+            "hyperparameters": self.hyperparameters
+            or {"n_epochs": 3, "batch_size": 1, "learning_rate_multiplier": 1.0},
             "model": self.model,
             "organization_id": "org-fake",
             "result_files": [],
@@ -79,6 +82,9 @@ class FakeJob:
             "metadata": self.metadata,
             "user_provided_suffix": self.suffix,
         }
+        if self.method is not None:
+            document["method"] = self.method
+        return document
 
 
 def checkpoint_document(
