@@ -425,3 +425,38 @@ def test_a_method_job_succeeds_at_its_last_step_and_then_stays() -> None:
         1000,
     )
     assert len(job.events) == 500 and len(job.checkpoints) == SimulatedTraining.KEEP
+
+
+def test_the_openai_sdk_signs_in_on_each_azure_form_as_microsoft_documents() -> None:
+    """The official SDK, configured as Microsoft's docs say for each form, is let in; a keyless
+    resource refuses its key with Azure's 403. (The SDK sends api-key from AzureOpenAI(api_key=),
+    Authorization: Bearer from azure_ad_token_provider and from OpenAI(api_key=) on /openai/v1.)"""
+    openai = pytest.importorskip("openai")
+    api = api_with_a_job(api_key=AZ_KEY, token_check=Tokens(VALID_TOKEN))
+    with FakeApiServer(api) as server:
+        origin = f"http://{server.host}:{server.port}"
+        clients = [
+            openai.AzureOpenAI(azure_endpoint=origin, api_version="2024-10-21", api_key=AZ_KEY),
+            openai.AzureOpenAI(
+                azure_endpoint=origin, api_version="2024-10-21", azure_ad_token_provider=lambda: VALID_TOKEN
+            ),
+            openai.OpenAI(base_url=origin + "/openai/v1", api_key=AZ_KEY),
+            openai.OpenAI(base_url=origin + "/openai/v1", api_key=VALID_TOKEN),
+            openai.OpenAI(base_url=origin + "/api/projects/proj-demo/openai/v1", api_key=AZ_KEY),
+        ]
+        steps = [
+            [c.step_number for c in client.fine_tuning.jobs.checkpoints.list("ftjob-1")] for client in clients
+        ]
+        sent = [(r.path, r.headers.get("api-key"), r.headers.get("Authorization")) for r in api.requests]
+        api.key_auth = False  # the resource now has disableLocalAuth
+        with pytest.raises(openai.PermissionDeniedError) as refused:
+            clients[0].fine_tuning.jobs.checkpoints.list("ftjob-1")
+    assert steps == [[10]] * 5
+    assert sent == [
+        ("/openai/fine_tuning/jobs/ftjob-1/checkpoints", AZ_KEY, None),
+        ("/openai/fine_tuning/jobs/ftjob-1/checkpoints", None, f"Bearer {VALID_TOKEN}"),
+        ("/openai/v1/fine_tuning/jobs/ftjob-1/checkpoints", None, f"Bearer {AZ_KEY}"),
+        ("/openai/v1/fine_tuning/jobs/ftjob-1/checkpoints", None, f"Bearer {VALID_TOKEN}"),
+        ("/api/projects/proj-demo/openai/v1/fine_tuning/jobs/ftjob-1/checkpoints", None, f"Bearer {AZ_KEY}"),
+    ]
+    assert (refused.value.status_code, refused.value.body) == (403, KEYS_DISABLED["error"])

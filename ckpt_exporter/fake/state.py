@@ -147,8 +147,9 @@ class FakeApi:
             return checkpoint
 
     def pause_for_cost_limit(self, job_id: str) -> None:
-        """Pause a job as Azure does when a reinforcement job's cost reaches its limit: status
-        `paused`, and an event saying why (the wording is the fake's; Azure's is not documented)."""
+        """Pause a job as Azure does when a reinforcement job's cost reaches its limit (Foundry's
+        RFT guide: "automatically pauses RFT jobs once they hit $5,000 in total training costs"):
+        status `paused`, and an event saying why (the fake's wording; Azure's is not documented)."""
         self.update_job(job_id, status="paused")
         self.add_event(job_id, "Job paused: its cost reached the job's cost limit.", level="warn")
 
