@@ -232,6 +232,22 @@ def test_keyless_resource_refuses_keys_and_accepts_only_unexpired_tokens(path: s
     assert [r.path for r in api.requests] == [path.split("?")[0]] * 6
 
 
+def test_with_a_token_check_and_no_key_only_tokens_get_in() -> None:
+    """FakeApi(token_check=...) alone: Entra tokens on Azure's forms, nothing else anywhere."""
+    with FakeApiServer(api_with_a_job(token_check=Tokens(VALID_TOKEN))) as server:
+        answers = [
+            answer(server, path, headers)
+            for path in (CLASSIC, V1, PROJECT, OPENAI)
+            for headers in (bearer(VALID_TOKEN), api_key(AZ_KEY), bearer(AZ_KEY), {})
+        ]
+    assert answers == [
+        *((200, 1), (401, BAD_KEY), (401, BAD_TOKEN), (401, BAD_KEY)),  # classic
+        *((200, 1), (401, BAD_KEY), (401, BAD_KEY), (401, BAD_KEY)),  # v1
+        *((200, 1), (401, BAD_KEY), (401, BAD_KEY), (401, BAD_KEY)),  # project
+        *((401, OPENAI_BAD_KEY),) * 4,  # OpenAI
+    ]
+
+
 def test_a_foundry_project_prefix_is_the_base_url() -> None:
     api = api_with_a_job(api_key=AZ_KEY)
     with FakeApiServer(api, prefix="/api/projects/proj-demo/openai/v1") as server:

@@ -127,10 +127,10 @@ class Credentials:
             return NO_API_VERSION
         authorization = headers.get("Authorization", "")
         bearer = authorization.removeprefix("Bearer ") if authorization.startswith("Bearer ") else None
-        if form is AddressForm.OPENAI:
-            return None if self.api_key is None or bearer == self.api_key else OPENAI_BAD_KEY
         if self.open:
             return None
+        if form is AddressForm.OPENAI:  # OpenAI knows neither api-key nor Entra tokens
+            return None if self.api_key is not None and bearer == self.api_key else OPENAI_BAD_KEY
         api_key = headers.get("api-key")
         if api_key is not None:
             return self._judge_key(api_key)
