@@ -270,7 +270,12 @@ def test_azure_flavour_documents_have_azure_shapes_and_validate() -> None:
         jobs = {job["id"]: job for job in get_azure(server, "/fine_tuning/jobs", limit=10)["data"]}
         events = get_azure(server, "/fine_tuning/jobs/ftjob-rft/events")
     validator("ListFineTuningJobCheckpointsResponse").validate(page)
-    assert [c["step_number"] for c in page["data"]] == [40, 80, 120]
+    assert [(c["step_number"], c["metrics"]["step"]) for c in page["data"]] == [
+        (40, 40.0),
+        (80, 80.0),
+        (120, 120.0),
+    ]
+    assert [type(c["metrics"]["step"]) for c in page["data"]] == [float] * 3
     for checkpoint in page["data"]:
         assert re.fullmatch(r"ftchkpt-[0-9a-f]{32}", checkpoint["id"]), checkpoint["id"]
         model = checkpoint["fine_tuned_model_checkpoint"]

@@ -6,7 +6,8 @@ HTTP here, so that the state, the routes and the fault answers all build the sam
 The `azure` flavour uses Azure's names (as its fine-tuning tutorial's outputs show them):
 checkpoint ids `ftchkpt-<32 hex>`, and checkpoint and fine-tuned model names `<model>.ft-<32 hex>`
 (gpt-4.1-2025-04-14.ft-966a5a930e6d4404884f52441e7688c8) where OpenAI writes
-`ft:<model>:<org>:<suffix>:<id>[:ckpt-step-<n>]`. Azure also reports a job `paused` (a
+`ft:<model>:<org>:<suffix>:<id>[:ckpt-step-<n>]`, and a checkpoint's `metrics.step` as a float
+(`"step": 100.0`; step_number stays an integer). Azure also reports a job `paused` (a
 reinforcement job that reached its cost limit), a status OpenAI's schema does not list.
 """
 
@@ -97,7 +98,8 @@ def checkpoint_document(
         "created_at": created_at,
         "fine_tuned_model_checkpoint": job.checkpoint_model(step),
         "fine_tuning_job_id": job.id,
-        "metrics": {"step": step, **metrics},
+        # Azure writes the metrics' step as a float (100.0), OpenAI as an integer
+        "metrics": {"step": float(step) if job.flavor == "azure" else step, **metrics},
         "step_number": step,
     }
 
