@@ -135,7 +135,9 @@ def _demo(args: argparse.Namespace) -> int:
     # managed-identity endpoint; the fake project endpoint accepts only the tokens it issued.
     identity = _demo_identity() if args.api_flavor == "azure" else None
     check = identity.token_checker() if identity else None
-    api = FakeApi(api_key=None if identity else "sk-demo", token_check=check)
+    api = FakeApi(
+        api_key=None if identity else "sk-demo", token_check=check, flavor="azure" if identity else "openai"
+    )
     api.record_requests = False
     training = SimulatedTraining(api, jobs=args.demo_jobs, every_seconds=args.demo_checkpoint_seconds)
     server = FakeApiServer(api, prefix=_DEMO_PROJECT_PATH if identity else "/v1").start()

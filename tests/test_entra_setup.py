@@ -161,7 +161,11 @@ def test_the_keyless_demo_runs_on_one_machine() -> None:
         stderr=subprocess.STDOUT,
         text=True,
     )
-    demo_jobs = {"ftjob-demo1": 1.0, "ftjob-demo2": 1.0, "ftjob-demo3": 1.0}
+    demo_jobs = ("ftjob-demo1", "ftjob-demo2", "ftjob-demo3")  # supervised, with losses
+
+    def all_up(text: str) -> bool:
+        up = job_up(text)
+        return set(demo_jobs) <= set(up) and set(up.values()) == {1.0}
 
     def scraped() -> str:
         try:
@@ -170,7 +174,7 @@ def test_the_keyless_demo_runs_on_one_machine() -> None:
             return ""
 
     try:
-        assert wait_for(lambda: job_up(scraped()) == demo_jobs, 30)
+        assert wait_for(lambda: all_up(scraped()), 30)
         text = scraped()
         assert all(len(exported_steps(text, job_id)) >= 2 for job_id in demo_jobs)
         assert token_failures(text) == dict.fromkeys(
