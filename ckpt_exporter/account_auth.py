@@ -24,8 +24,9 @@ class AccountAuth:
     key as it was then: it neither logs a change nor undoes one.
     """
 
-    def __init__(self, account: str) -> None:
+    def __init__(self, account: str, keyless: bool = False) -> None:
         self._account = account
+        self._keyless = keyless  # Entra ID tokens (entra.py, which handles their 401s itself)
         self.failure: int | None = None  # the 401/403 last logged for the account
         self.epoch = 0
 
@@ -34,7 +35,13 @@ class AccountAuth:
             return
         self.failure = exc.status
         self.epoch += 1
-        if exc.status == 401:
+        if exc.status == 403 and self._keyless:
+            log.error(
+                "account %s: the API refused the Entra ID token's access (HTTP 403): check the "
+                "identity's role on the resource and the resource's network rules",
+                self._account,
+            )
+        elif exc.status == 401:
             log.error(
                 "account %s: the API rejected the key (HTTP 401): check CKPT_EXPORTER_API_KEY or the "
                 "file api_key_file names; polls go on at the poll interval",

@@ -55,6 +55,7 @@ class Poller:
         shard: Shard | None = None,
         max_active_polls: int = 64,
         clock: Callable[[], float] = time.time,
+        keyless: bool = False,
     ) -> None:
         self._client = client
         self._exposition = exposition
@@ -73,7 +74,7 @@ class Poller:
         self._discovery_task: asyncio.Task[None] | None = None
         self._next_discovery = 0.0
         self._discovered_once = discovery is None
-        self.auth = AccountAuth(account)
+        self.auth = AccountAuth(account, keyless)
         self._listing = Listing(client, account)
 
     # -- the set of watched jobs -------------------------------------------------------------

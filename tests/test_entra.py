@@ -14,7 +14,7 @@ import time
 import jwt
 import pytest
 
-from ckpt_exporter.fake import FakeApi, FakeApiServer
+from ckpt_exporter.fake import FakeApi, FakeApiServer, Fault
 from ckpt_exporter.fake.identity import FakeIdentity, FakeIdentityServer
 from tests.helpers import (
     KEYLESS_JOBS,
@@ -259,3 +259,24 @@ def test_a_hung_identity_endpoint_is_a_timeout_and_metrics_keep_answering(
         assert wait_for(lambda: job_up(exporter.metrics()) == dict.fromkeys(KEYLESS_JOBS, 1.0), 40)
     finally:
         exporter.stop()
+
+
+def test_a_403_to_a_token_is_one_line_about_the_identity_not_a_key(
+    identity: tuple[FakeIdentity, FakeIdentityServer], foundry: tuple[FakeApi, FakeApiServer]
+) -> None:
+    """A 403 (a network rule, a role without this action) is not retried with a new token."""
+    _, identity_server = identity
+    api, api_server = foundry
+    api.inject(None, Fault.http(403), times=None)
+    exporter = DrainedExporterProcess(keyless_env(identity_server, api_server))
+    try:
+        assert wait_for(
+            lambda: answers(exporter) and job_up(exporter.metrics()) == dict.fromkeys(KEYLESS_JOBS, 0.0), 30
+        )
+        assert wait_for(lambda: "(HTTP 403)" in exporter.output_so_far(), 10)
+    finally:
+        output = exporter.stop()
+    lines = [line for line in output.splitlines() if "(HTTP 403)" in line]
+    assert len(lines) == 1, lines
+    assert "account default: the API refused the Entra ID token's access (HTTP 403)" in lines[0]
+    assert "key" not in lines[0]
