@@ -106,7 +106,10 @@ def test_metrics_response_formats_and_gzip() -> None:
     app = MetricsApp(jobs, metrics, ready=lambda: True)
 
     body, headers = app.metrics_response("", "")
-    assert headers == {"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}
+    assert headers == {
+        "Content-Type": "text/plain; version=0.0.4; charset=utf-8",
+        "Vary": "Accept, Accept-Encoding",
+    }
     text = body.decode()
     assert 'ckpt_exporter_build_info{version="' in text
     assert "openai_fine_tuning_checkpoint_train_loss" in text
