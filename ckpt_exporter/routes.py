@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Summary
 from prometheus_client.exposition import choose_encoder
 
 from ckpt_exporter import __version__
@@ -19,7 +19,6 @@ from ckpt_exporter.selfmetrics import SelfMetrics
 
 TEXT = "text/plain; charset=utf-8"
 OTHER_HANDLER = "other"  # the `handler` label of a path we do not serve: bounded whatever is asked
-DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
 @dataclass
@@ -66,11 +65,13 @@ class HttpMetrics:
             ["handler", "code"],
             registry=registry,
         )
-        self.duration = Histogram(
+        # A summary (count and sum), not a histogram: the self-metrics are rendered on every scrape,
+        # and buckets for five handlers would double their cost. Prometheus' own scrape_duration_seconds
+        # has the scrape's distribution.
+        self.duration = Summary(
             "ckpt_exporter_http_request_duration_seconds",
             "Time from a request read to its answer written, by handler.",
             ["handler"],
-            buckets=DURATION_BUCKETS,
             registry=registry,
         )
         self.in_flight = Gauge(
