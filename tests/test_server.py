@@ -15,9 +15,11 @@ import pytest
 
 from ckpt_exporter import __version__
 from ckpt_exporter.exposition import RenderedJobs
+from ckpt_exporter.fakeapi import FakeApi, FakeApiServer
 from ckpt_exporter.selfmetrics import SelfMetrics
 from ckpt_exporter.server import MetricsApp, MetricsServer
-from tests.helpers import Served, parse_samples, read_response
+from tests.conftest import API_KEY
+from tests.helpers import ExporterProcess, Served, parse_samples, read_response
 
 
 def raw_exchange(port: int, request: bytes, timeout: float = 5) -> bytes:
@@ -230,3 +232,46 @@ def test_request_metrics_by_handler_and_code_start_at_zero(serve: type[Served]) 
         ("other", "404"): 1.0,
     }
     assert served.sample("ckpt_exporter_http_request_duration_seconds_count", {"handler": "/readyz"}) == 2.0
+
+
+# -- the exporter process ---------------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_the_exporter_process_answers_head_405_and_q0_and_names_its_address(
+    fake_api: tuple[FakeApi, FakeApiServer],
+) -> None:
+    api, fake = fake_api
+    api.add_job("ftjob-a")
+    exporter = ExporterProcess(
+        {
+            "CKPT_EXPORTER_API_BASE_URL": fake.base_url,
+            "CKPT_EXPORTER_API_KEY": API_KEY,
+            "CKPT_EXPORTER_JOBS": "ftjob-a",
+            "CKPT_EXPORTER_LISTEN_ADDRESS": "0.0.0.0",
+        }
+    )
+    try:
+        exporter.wait_ready()
+        head = httpx.head(exporter.url + "/metrics", timeout=5)  # curl -I
+        assert (head.status_code, head.content, head.headers["Content-Type"]) == (
+            200,
+            b"",
+            "text/plain; version=0.0.4; charset=utf-8",
+        )
+        post = httpx.post(exporter.url + "/metrics", timeout=5)
+        assert (post.status_code, post.headers["Allow"], post.text) == (
+            405,
+            "GET, HEAD",
+            "method not allowed: use GET or HEAD\n",
+        )
+        plain = raw_exchange(
+            exporter.port,
+            b"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip;q=0\r\nConnection: close\r\n\r\n",
+        )
+        assert b"\r\nContent-Encoding" not in plain.partition(b"\r\n\r\n")[0]
+        assert b"\nckpt_exporter_jobs 1.0\n" in plain
+        assert "watching 1 job(s)" in exporter.get("/").text
+    finally:
+        output = exporter.stop()
+    assert f"; serving http://0.0.0.0:{exporter.port}/metrics\n" in output
