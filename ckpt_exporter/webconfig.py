@@ -14,7 +14,8 @@ format (`--web.config.file` of node_exporter and friends), so an existing file w
 Both are off without a file (or with an empty one). The file is checked at start, with a one-line
 error that names the bad key. Every path needs the password when basic auth is on, as in the toolkit;
 `auth_excluded_paths` (also the toolkit's) lets kubelet probes reach /healthz and /readyz without it.
-Certificates are re-read when their files change (cert-manager renewals), without a restart.
+This module reads and checks the file; webtls.py re-reads certificates when they change (cert-manager
+renewals), webauth.py checks passwords, webwatch.py re-reads this file when it changes.
 
 What the toolkit has and Python's ssl module cannot do (accept a client certificate without verifying
 it: RequestClientCert, RequireAnyClientCert), and the toolkit's Go-specific tuning (cipher_suites,
