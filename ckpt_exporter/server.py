@@ -159,7 +159,9 @@ class MetricsServer:
     """The exporter's HTTP(S) server, bound at construction (so a bad address fails at start).
 
     `listen`: (host, port) pairs, `("0.0.0.0", 9842)` or `("::1", 0)` (0: any free port; `addresses`
-    then says which). Every address serves the same app with the same web config.
+    then says which). Every address serves the same app with the same web config. An address that
+    cannot be bound: OSError whose strerror names it (`cannot listen on [::1]:9842: Address already
+    in use`), the others closed.
     """
 
     def __init__(
@@ -175,13 +177,14 @@ class MetricsServer:
         self.telemetry_path = app.telemetry_path
         rejections = Rejections(app)
         self._servers: list[ListeningServer] = []
-        try:
-            for address in listen:
-                self._servers.append(ListeningServer(address, handler, web, rejections, max_connections))
-        except OSError:
-            for server in self._servers:
-                server.server_close()
-            raise
+        for host, port in listen:
+            try:
+                self._servers.append(ListeningServer((host, port), handler, web, rejections, max_connections))
+            except OSError as exc:
+                for server in self._servers:
+                    server.server_close()
+                named = f"cannot listen on {_host(host)}:{port}: {exc.strerror or exc}"
+                raise OSError(exc.errno, named) from None
         self._threads = [
             threading.Thread(target=server.serve_forever, name=f"http-{index}", daemon=True)
             for index, server in enumerate(self._servers)

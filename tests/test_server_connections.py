@@ -30,8 +30,9 @@ def test_serves_on_every_listen_address(serve: type[Served]) -> None:
 
 def test_a_taken_address_fails_at_construction_and_frees_the_others(serve: type[Served]) -> None:
     taken = serve()
-    with pytest.raises(OSError):
+    with pytest.raises(OSError) as caught:
         serve(listen=[("127.0.0.1", 0), ("127.0.0.1", taken.port)])
+    assert caught.value.strerror == f"cannot listen on 127.0.0.1:{taken.port}: Address already in use"
 
 
 def test_a_burst_of_connections_is_queued_by_the_backlog() -> None:
