@@ -127,7 +127,12 @@ class Handler(BaseHTTPRequestHandler):
         if "Transfer-Encoding" in self.headers:
             return True
         length = self.headers.get("Content-Length")
-        return length is not None and length.strip() != "0"
+        if length is None:
+            return False
+        try:
+            return int(length) != 0
+        except ValueError:
+            return True  # a length we cannot read: we cannot tell where the next request starts
 
     def _reject(self, reason: str, detail: str) -> None:
         self.server.rejections.note(reason, self.client_address[0], detail)

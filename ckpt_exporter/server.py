@@ -48,17 +48,20 @@ class Connections:
         self._busy: dict[Any, socket.socket] = {}
         self._lock = threading.Lock()
 
-    def admit(self, client: Any, connection: socket.socket) -> bool | None:
-        """Registers a new connection: True, or False after shedding an idle one, or None if all are busy."""
+    def admit(self, client: Any, connection: socket.socket) -> tuple[bool, Any]:
+        """Registers a new connection: (admitted, the client whose idle connection was shed for it).
+
+        Not admitted only when every connection is busy answering.
+        """
         with self._lock:
-            shed = len(self._idle) + len(self._busy) >= self._limit
-            if shed and not self._idle:
-                return None
-            if shed:
-                _, oldest = self._idle.popitem(last=False)
+            shed = None
+            if len(self._idle) + len(self._busy) >= self._limit:
+                if not self._idle:
+                    return False, None
+                shed, oldest = self._idle.popitem(last=False)
                 _shutdown(oldest, socket.SHUT_RDWR)
             self._idle[client] = connection
-            return not shed
+            return True, shed
 
     def busy(self, client: Any) -> None:
         with self._lock:
@@ -119,11 +122,14 @@ class ListeningServer(ThreadingHTTPServer):
         return connection, client
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
-        admitted = self.connections.admit(client_address, request)
-        if admitted is not True:
-            detail = "every connection is busy" if admitted is None else "shed the connection idle longest"
+        admitted, shed = self.connections.admit(client_address, request)
+        if shed is not None:
+            detail = f"the connection idle longest was closed to make room for one from {client_address[0]}"
+            self.rejections.note("too_many_connections", shed[0], detail)
+        elif not admitted:
+            detail = "every connection is busy answering"
             self.rejections.note("too_many_connections", client_address[0], detail)
-        return admitted is not None
+        return admitted
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         connection = request

@@ -89,8 +89,9 @@ def test_a_post_with_a_body_is_answered_and_its_body_not_read_as_a_request(serve
     [
         b"Content-Length: 36\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
         b"Transfer-Encoding: chunked\r\n\r\n24\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n\r\n\r\n0\r\n\r\n",
+        b"Content-Length: 3x\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
     ],
-    ids=["content-length", "transfer-encoding"],
+    ids=["content-length", "transfer-encoding", "unreadable-length"],
 )
 def test_a_get_with_a_body_is_refused_and_the_body_never_answered(serve: type[Served], extra: bytes) -> None:
     served = serve()

@@ -81,6 +81,30 @@ def test_a_flood_of_idle_connections_sheds_the_oldest_and_metrics_still_answer(s
             conn.close()
 
 
+def test_when_every_connection_is_busy_a_new_one_is_closed(serve: type[Served]) -> None:
+    entered, release = threading.Semaphore(0), threading.Event()
+
+    def ready() -> bool:
+        entered.release()
+        return release.wait(10)
+
+    served = serve(ready=ready, max_connections=2)
+    busy = [socket.create_connection(("127.0.0.1", served.port), timeout=5) for _ in range(2)]
+    try:
+        for conn in busy:
+            conn.sendall(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert entered.acquire(timeout=5) and entered.acquire(timeout=5)  # both are being answered
+        with socket.create_connection(("127.0.0.1", served.port), timeout=5) as third:
+            assert third.recv(1) == b""  # closed at once: nothing to shed
+        assert served.rejected("too_many_connections") == 1.0
+        release.set()
+        assert [read_response(conn).split(b"\r\n", 1)[0] for conn in busy] == [b"HTTP/1.1 200 OK"] * 2
+    finally:
+        release.set()
+        for conn in busy:
+            conn.close()
+
+
 def test_a_kept_alive_answer_arrives_in_one_piece(serve: type[Served]) -> None:
     """Headers and body in one write: with two and Nagle, the body waits for the delayed ACK (40 ms)."""
     served = serve()
