@@ -60,13 +60,13 @@ def make_certificate(directory: Path) -> tuple[Path, Path]:
 
 def serve(web_config: str | None) -> None:
     """The child: a MetricsServer on a free port, which it prints; it stops when stdin closes."""
-    from ckpt_exporter.exposition import RenderedJobs
+    from ckpt_exporter.exposition import ExpositionCache
     from ckpt_exporter.selfmetrics import SelfMetrics
     from ckpt_exporter.server import MetricsApp, MetricsServer
     from ckpt_exporter.webconfig import load_web_config
 
     web = load_web_config(Path(web_config)) if web_config else None
-    jobs = RenderedJobs()
+    jobs = ExpositionCache()
     jobs.start()
     app = MetricsApp(jobs, SelfMetrics(), lambda: True)
     if "listen" in inspect.signature(MetricsServer).parameters:

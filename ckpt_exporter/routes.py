@@ -14,7 +14,7 @@ from prometheus_client import Counter, Gauge, Summary
 from prometheus_client.exposition import choose_encoder
 
 from ckpt_exporter import __version__
-from ckpt_exporter.exposition import RenderedJobs
+from ckpt_exporter.exposition import ExpositionCache
 from ckpt_exporter.selfmetrics import SelfMetrics
 
 TEXT = "text/plain; charset=utf-8"
@@ -95,7 +95,7 @@ class MetricsApp:
 
     def __init__(
         self,
-        jobs: RenderedJobs,
+        jobs: ExpositionCache,
         metrics: SelfMetrics,
         ready: Callable[[], bool],
         watched_jobs: Callable[[], int] = lambda: 0,

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from cryptography import x509
 
+from ckpt_exporter.filestamp import FileStamp, file_stamp
 from ckpt_exporter.webconfig import TlsSettings, WebConfigError, build_tls_context
 
 log = logging.getLogger(__name__)
@@ -69,16 +70,8 @@ class TlsContexts:
     def settings(self) -> TlsSettings:
         return self._tls
 
-    def _stat(self) -> tuple[tuple[int, int, int] | None, ...]:
-        stamps: list[tuple[int, int, int] | None] = []
-        for path in self._tls.files():
-            try:
-                stat = path.stat()
-            except OSError:
-                stamps.append(None)
-            else:
-                stamps.append((stat.st_mtime_ns, stat.st_ino, stat.st_size))
-        return tuple(stamps)
+    def _stat(self) -> tuple[FileStamp | None, ...]:
+        return tuple(file_stamp(path) for path in self._tls.files())
 
     def current(self) -> ssl.SSLContext:
         stamps = self._stat()

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ckpt_exporter.filestamp import file_stamp
 from ckpt_exporter.webauth import BasicAuth
 from ckpt_exporter.webconfig import WebConfig, WebConfigError, load_web_config
 from ckpt_exporter.webtls import TlsContexts
@@ -47,14 +48,6 @@ class WebState:
         return cls(config, auth, tls)
 
 
-def _stamp(path: Path | None) -> tuple[int, int, int] | None:
-    try:
-        stat = path.stat() if path is not None else None
-    except OSError:
-        return None
-    return (stat.st_mtime_ns, stat.st_ino, stat.st_size) if stat is not None else None
-
-
 def user_changes(old: dict[str, str], new: dict[str, str]) -> str:
     """`added a; removed b; new password for c`: what changed, by user name (never a hash)."""
     parts = [
@@ -82,7 +75,7 @@ class LiveWebConfig:
         self._clock = clock
         self._check_every = check_every
         self._checked_at = clock()
-        self._stamp = _stamp(config.path)
+        self._stamp = file_stamp(config.path)
         self._lock = threading.Lock()
 
     @property
@@ -97,7 +90,7 @@ class LiveWebConfig:
         with self._lock:
             if now - self._checked_at >= self._check_every:
                 self._checked_at = now
-                stamp = _stamp(path)
+                stamp = file_stamp(path)
                 if stamp != self._stamp:
                     self._stamp = stamp
                     self._reload(path)

@@ -5,10 +5,13 @@ from pathlib import Path
 
 import pytest
 
-from ckpt_exporter.fakeapi import FakeApi, FakeApiServer
-from tests.helpers import Served
+from ckpt_exporter.app import configure_process
+from ckpt_exporter.fake import FakeApi, FakeApiServer
+from tests.helpers import API_KEY
+from tests.webhelpers import Served
 
-API_KEY = "sk-test-0123456789abcdefSECRET"
+# In-process tests build the exporter's parts as the process does after its start-up.
+configure_process()
 
 
 @pytest.fixture

@@ -1,38 +1,28 @@
-"""Shared test helpers: free ports, external tools, the exporter as a real process, parsing /metrics,
-certificates and the HTTP server on loopback."""
+"""Shared test helpers: free ports, external tools, the exporter as a real process, parsing /metrics."""
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
+import json
 import os
-import re
 import shutil
 import socket
-import ssl
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from prometheus_client.parser import text_string_to_metric_families
 
-from ckpt_exporter.exposition import RenderedJobs
-from ckpt_exporter.selfmetrics import SelfMetrics
-from ckpt_exporter.server import MetricsApp, MetricsServer
-from ckpt_exporter.webconfig import load_web_config
+from ckpt_exporter.models import METRIC_FIELDS
 
 REPO = Path(__file__).resolve().parent.parent
+DASHBOARD = REPO / "helm" / "ckpt-exporter" / "files" / "dashboard.json"
+API_KEY = "sk-test-0123456789abcdefSECRET"  # the fake API's key in the tests
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
@@ -42,9 +32,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def require_tool(name: str) -> str:
-    """The tool's path; in CI (CI=true) a missing tool fails the test instead of skipping it."""
-    path = shutil.which(name)
+def require_tool(name: str, *installed_at: Path) -> str:
+    """The tool's path: the first of installed_at that runs, else name on PATH.
+
+    In CI (CI=true) a missing tool fails the test instead of skipping it.
+    """
+    path = next((str(p) for p in installed_at if os.access(p, os.X_OK)), None) or shutil.which(name)
     if path is None:
         if os.environ.get("CI") == "true":
             pytest.fail(f"{name} is required in CI but is not installed")
@@ -158,157 +151,73 @@ class DrainedExporterProcess(ExporterProcess):
         return self.output
 
 
-# -- certificates and the HTTP server on loopback (tests of server.py and the web config) ----------
+# -- the checkpoint samples a fake API's jobs must give --------------------------------------
 
 
-@dataclass
-class Pem:
-    cert: Path
-    key: Path
+def metrics_for(job_index: int, step: int) -> dict[str, float]:
+    """Distinct values per job and step, so that a mixed-up sample shows."""
+    base = 0.5 + job_index / 100
+    return {name: round(base + i / 10 + step / 100_000, 6) for i, name in enumerate(METRIC_FIELDS)}
 
 
-def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+def expected_samples(api: Any, jobs: list[str]) -> Samples:
+    """The checkpoint samples the exporter must serve for `jobs` of a fake API (FakeApi)."""
+    expected: Samples = {}
+    for job_id in jobs:
+        checkpoints = api.jobs[job_id].checkpoints
+        for c in checkpoints:
+            labels = {"job_id": job_id, "step": str(c["step_number"])}
+            key = frozenset(labels.items())
+            for name in METRIC_FIELDS:
+                if c["metrics"].get(name) is not None:
+                    expected[(f"openai_fine_tuning_checkpoint_{name}", key)] = c["metrics"][name]
+            expected[("openai_fine_tuning_checkpoint_created_timestamp_seconds", key)] = c["created_at"]
+            info = {**labels, "checkpoint_id": c["id"], "model": c["fine_tuned_model_checkpoint"]}
+            expected[("openai_fine_tuning_checkpoint_info", frozenset(info.items()))] = 1.0
+        if checkpoints:
+            latest = max(c["step_number"] for c in checkpoints)
+            expected[("openai_fine_tuning_job_latest_step", frozenset({("job_id", job_id)}))] = latest
+    return expected
 
 
-def issue_certificate(
-    directory: Path,
-    stem: str,
-    common_name: str,
-    issuer: tuple[ec.EllipticCurvePrivateKey, x509.Certificate] | None,
-    *,
-    ca: bool = False,
-    server: bool = False,
-    valid: tuple[datetime.timedelta, datetime.timedelta] = (
-        datetime.timedelta(minutes=-5),
-        datetime.timedelta(days=1),
-    ),
-) -> tuple[Pem, ec.EllipticCurvePrivateKey, x509.Certificate]:
-    """A certificate (self-signed without an issuer) in DIRECTORY/STEM.crt and .key; `valid` is
-    (not before, not after) relative to now."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(common_name))
-        .issuer_name(issuer[1].subject if issuer else _name(common_name))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now + valid[0])
-        .not_valid_after(now + valid[1])
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+def checkpoint_samples(text: str, jobs: list[str]) -> Samples:
+    samples = {
+        **parse_samples(text, "openai_fine_tuning_checkpoint_"),
+        **parse_samples(text, "openai_fine_tuning_job_latest_step"),
+    }
+    return {key: value for key, value in samples.items() if dict(key[1]).get("job_id") in jobs}
+
+
+# -- the Grafana dashboard -------------------------------------------------------------------
+
+
+def load_dashboard() -> dict[str, Any]:
+    with DASHBOARD.open(encoding="utf-8") as f:
+        data: dict[str, Any] = json.load(f)
+    return data
+
+
+def all_panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every panel, including those nested in (collapsed) rows."""
+    out: list[dict[str, Any]] = []
+    for panel in dashboard["panels"]:
+        out.append(panel)
+        out.extend(panel.get("panels", []))
+    return out
+
+
+def query_panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
+    return [p for p in all_panels(dashboard) if p["type"] != "row"]
+
+
+def substitute_grafana_variables(
+    expr: str, job_regex: str, rate_interval: str = "1m", range_: str = "1h"
+) -> str:
+    """What Grafana sends to Prometheus for an expression (also used by the e2e test)."""
+    return (
+        expr.replace("$__rate_interval", rate_interval)
+        .replace("$__range", range_)
+        .replace("$__interval", rate_interval)
+        .replace("${job_id}", job_regex)
+        .replace("$job_id", job_regex)
     )
-    if ca:
-        builder = builder.add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
-        )
-    if server:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-    cert = builder.sign(issuer[0] if issuer else key, hashes.SHA256())
-    pem = Pem(directory / f"{stem}.crt", directory / f"{stem}.key")
-    pem.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    pem.key.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    return pem, key, cert
-
-
-@dataclass
-class Pki:
-    """A server CA and its server certificate (localhost, 127.0.0.1), a client CA and its client, and a
-    client from a CA nobody trusts."""
-
-    directory: Path
-    server_ca: Pem
-    server: Pem
-    client_ca: Pem
-    client: Pem
-    rogue_client: Pem
-    server_ca_pair: tuple[ec.EllipticCurvePrivateKey, x509.Certificate]
-
-    @classmethod
-    def make(cls, d: Path) -> Pki:
-        server_ca, ca_key, ca_cert = issue_certificate(d, "server-ca", "server CA", None, ca=True)
-        server, _, _ = issue_certificate(d, "server", "localhost", (ca_key, ca_cert), server=True)
-        client_ca, client_ca_key, client_ca_cert = issue_certificate(
-            d, "client-ca", "client CA", None, ca=True
-        )
-        client, _, _ = issue_certificate(d, "client", "prometheus", (client_ca_key, client_ca_cert))
-        _, rogue_key, rogue_cert = issue_certificate(d, "rogue-ca", "rogue CA", None, ca=True)
-        rogue_client, _, _ = issue_certificate(d, "rogue", "prometheus", (rogue_key, rogue_cert))
-        return cls(d, server_ca, server, client_ca, client, rogue_client, (ca_key, ca_cert))
-
-    def issue_server(self, directory: Path, **kwargs: Any) -> x509.Certificate:
-        """A new server certificate from the same CA in DIRECTORY/server.crt and .key (a renewal)."""
-        _, _, cert = issue_certificate(
-            directory, "server", "localhost", self.server_ca_pair, server=True, **kwargs
-        )
-        return cert
-
-    def client_context(self, client: Pem | None = None) -> ssl.SSLContext:
-        context = ssl.create_default_context(cafile=str(self.server_ca.cert))
-        if client is not None:
-            context.load_cert_chain(client.cert, client.key)
-        return context
-
-    def tls_config(self, extra: str = "") -> str:
-        return f"tls_server_config:\n  cert_file: {self.server.cert}\n  key_file: {self.server.key}\n{extra}"
-
-
-class Served:
-    """The real MetricsServer on loopback (port 0), with a web config written from text."""
-
-    def __init__(
-        self,
-        directory: Path,
-        config_text: str | None = None,
-        ready: Callable[[], bool] = lambda: True,
-        **server_args: Any,
-    ) -> None:
-        config = None
-        if config_text is not None:
-            self.config_path = directory / "web-config.yml"
-            self.config_path.write_text(config_text)
-            config = load_web_config(self.config_path)
-        self.metrics = SelfMetrics()
-        app = MetricsApp(RenderedJobs(), self.metrics, ready, watched_jobs=lambda: 3)
-        self.server = MetricsServer(app, server_args.pop("listen", [("127.0.0.1", 0)]), config, **server_args)
-        self.server.start()
-
-    @property
-    def port(self) -> int:
-        return self.server.port
-
-    def url(self, path: str = "/metrics", scheme: str | None = None) -> str:
-        return f"{scheme or self.server.scheme}://127.0.0.1:{self.port}{path}"
-
-    def sample(self, name: str, labels: dict[str, str] | None = None) -> float | None:
-        return self.metrics.registry.get_sample_value(name, labels or {})
-
-    def rejected(self, reason: str) -> float | None:
-        return self.sample("ckpt_exporter_http_rejected_total", {"reason": reason})
-
-
-def read_response(conn: socket.socket | ssl.SSLSocket, head_only: bool = False) -> bytes:
-    """One whole HTTP/1.1 response read from a raw connection (headers, then Content-Length bytes)."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = conn.recv(65536)
-        if not chunk:
-            return data
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = 0 if head_only else int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
-    while len(body) < length:
-        chunk = conn.recv(65536)
-        if not chunk:
-            break
-        body += chunk
-    return head + b"\r\n\r\n" + body

@@ -14,12 +14,12 @@ import httpx
 import pytest
 
 from ckpt_exporter import __version__
-from ckpt_exporter.exposition import RenderedJobs
-from ckpt_exporter.fakeapi import FakeApi, FakeApiServer
+from ckpt_exporter.exposition import ExpositionCache
+from ckpt_exporter.fake import FakeApi, FakeApiServer
 from ckpt_exporter.selfmetrics import SelfMetrics
 from ckpt_exporter.server import MetricsApp, MetricsServer
-from tests.conftest import API_KEY
-from tests.helpers import ExporterProcess, Served, parse_samples, read_response
+from tests.helpers import API_KEY, ExporterProcess, parse_samples
+from tests.webhelpers import Served, read_response
 
 
 def raw_exchange(port: int, request: bytes, timeout: float = 5) -> bytes:
@@ -179,7 +179,7 @@ def test_landing_page_shows_version_jobs_and_links(serve: type[Served]) -> None:
 
 def test_a_telemetry_path_of_its_own(tmp_path: Path) -> None:
 
-    app = MetricsApp(RenderedJobs(), SelfMetrics(), lambda: True, telemetry_path="/prometheus/metrics")
+    app = MetricsApp(ExpositionCache(), SelfMetrics(), lambda: True, telemetry_path="/prometheus/metrics")
     server = MetricsServer(app, [("127.0.0.1", 0)])
     server.start()
     try:

@@ -11,10 +11,11 @@ import threading
 import httpx
 import pytest
 
-from ckpt_exporter.exposition import RenderedJobs
+from ckpt_exporter.exposition import ExpositionCache
 from ckpt_exporter.selfmetrics import SelfMetrics
 from ckpt_exporter.server import MetricsApp, MetricsServer
-from tests.helpers import Served, read_response, wait_for
+from tests.helpers import wait_for
+from tests.webhelpers import Served, read_response
 
 # -- listening and connections ----------------------------------------------------------------
 
@@ -42,7 +43,7 @@ def test_a_burst_of_connections_is_queued_by_the_backlog() -> None:
     never succeed while nobody accepts.
     """
 
-    server = MetricsServer(MetricsApp(RenderedJobs(), SelfMetrics(), lambda: True), [("127.0.0.1", 0)])
+    server = MetricsServer(MetricsApp(ExpositionCache(), SelfMetrics(), lambda: True), [("127.0.0.1", 0)])
     clients = [socket.socket() for _ in range(100)]
     try:
         for client in clients:

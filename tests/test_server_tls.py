@@ -16,7 +16,8 @@ import httpx
 import pytest
 from cryptography import x509
 
-from tests.helpers import Pki, Served, wait_for
+from tests.helpers import wait_for
+from tests.webhelpers import Pki, Served
 
 PASSWORD = "correct horse battery staple"
 HASH = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(4)).decode()  # cost 4: fast tests

@@ -14,10 +14,10 @@ import bcrypt
 import httpx
 import pytest
 
-from ckpt_exporter.fakeapi import FakeApi, FakeApiServer
+from ckpt_exporter.fake import FakeApi, FakeApiServer
 from ckpt_exporter.webconfig import WebConfig, WebConfigError, load_web_config
-from tests.conftest import API_KEY
-from tests.helpers import ExporterProcess, Pki, Served, wait_for
+from tests.helpers import API_KEY, ExporterProcess, wait_for
+from tests.webhelpers import Pki, Served
 
 PASSWORD = "correct horse battery staple"
 HASH = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(4)).decode()  # cost 4: fast tests
