@@ -107,7 +107,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def _answer(self, path: str) -> int:
         if self.command not in ALLOWED_METHODS:
-            self.close_connection = self._has_body()  # a body we do not read would be the next request
+            # A body we do not read would be taken for the next request.
+            self.close_connection = self.close_connection or self._has_body()
             return self._send(Response(405, b"method not allowed: use GET or HEAD\n"), {"Allow": "GET, HEAD"})
         if self._has_body():
             self._reject("bad_request", "a GET or HEAD request with a body")

@@ -243,6 +243,8 @@ def _headers(raw: dict[str, Any]) -> dict[str, str]:
         allowed = EXTRA_HEADERS[name]
         if not isinstance(value, str) or (allowed is not None and value not in allowed):
             raise WebConfigError(f"http_server_config.headers.{name}: must be one of {allowed}")
+        if any(ord(char) < 0x20 or ord(char) == 0x7F for char in value):
+            raise WebConfigError(f"http_server_config.headers.{name}: a control character (a line break?)")
     return dict(headers)
 
 

@@ -276,3 +276,8 @@ def test_the_exporter_process_answers_head_405_and_q0_and_names_its_address(
     finally:
         output = exporter.stop()
     assert f"; serving http://0.0.0.0:{exporter.port}/metrics\n" in output
+
+
+def test_a_405_keeps_a_connection_the_client_asked_to_close_closed(serve: type[Served]) -> None:
+    answer = raw_exchange(serve().port, b"DELETE / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 405 ") and b"\r\nConnection: close\r\n" in answer

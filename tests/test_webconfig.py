@@ -83,6 +83,10 @@ TLS = "tls_server_config:\n  cert_file: {cert}\n  key_file: {key}\n"
         ("rate_limit:\n  interval: 1s\n", "rate_limit: not supported"),
         ("http_server_config:\n  headers:\n    Server: x\n", "headers.Server: this header cannot be set"),
         ("http_server_config:\n  headers:\n    X-Frame-Options: always\n", "X-Frame-Options: must be one of"),
+        (
+            'http_server_config:\n  headers:\n    Content-Security-Policy: "a\\r\\nSet-Cookie: x"\n',
+            "headers.Content-Security-Policy: a control character",
+        ),
         ("tls_server_config:\n  cert_file: [\n", "invalid YAML at line 3"),
         ("- a\n", "the file: must be a mapping"),
     ],
