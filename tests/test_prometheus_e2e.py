@@ -378,7 +378,7 @@ def test_dashboard_and_alert_queries_against_real_prometheus(
         prom.query(expr, alert)
     assert wait_for(lambda: all(r.get("lastEvaluation", "").startswith("20") for r in all_rules(prom)), 20)
     rules = all_rules(prom)
-    assert len(rules) == len(rule_exprs()) == 8
+    assert len(rules) == len(rule_exprs()) == 12
     for rule in rules:
         assert rule["health"] == "ok" and not rule.get("lastError"), rule
 
