@@ -367,7 +367,7 @@ def test_dashboard_and_alert_queries_against_real_prometheus(
     # Every expression of the dashboard succeeds, as an instant query and (time series panels) as
     # a range query.
     targets = dashboard_targets()
-    assert len(targets) == 43
+    assert len(targets) == 64
     for title, ref, expr, instant in targets:
         prom.query(expr, f"{title} {ref}")
         if not instant:
