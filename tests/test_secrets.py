@@ -16,8 +16,7 @@ import pytest
 
 from ckpt_exporter.fakeapi import FakeApi, FakeApiServer, Fault
 from ckpt_exporter.logging_setup import JsonFormatter, RedactingFilter, redact, register_secret
-from tests.conftest import API_KEY
-from tests.helpers import DrainedExporterProcess, wait_for
+from tests.helpers import API_KEY, DrainedExporterProcess, wait_for
 
 SECRET = "sk-proj-unit-test-secret-0123456789"
 
