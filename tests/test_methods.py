@@ -10,6 +10,7 @@ logged once.
 
 from __future__ import annotations
 
+import subprocess
 from typing import Any
 
 import pytest
@@ -23,6 +24,7 @@ from tests.helpers import (
     expected_best_checkpoint,
     expected_job_samples,
     parse_samples,
+    require_tool,
     wait_for,
 )
 
@@ -256,3 +258,30 @@ def test_every_method_exported_exactly(newest_first: bool) -> None:
     assert len(skipped) == 2, skipped
     assert any("'Mean-Reward' is not a metric name" in line for line in skipped), skipped
     assert any("'sample_parse_error_count' ends in a suffix Prometheus reserves" in line for line in skipped)
+
+
+def test_method_metrics_pass_promtool() -> None:
+    promtool = require_tool("promtool")
+    api = FakeApi(api_key=API_KEY)
+    populate(api, newest_first=True)
+    with FakeApiServer(api) as server:
+        exporter = DrainedExporterProcess(
+            {
+                "CKPT_EXPORTER_API_BASE_URL": server.base_url,
+                "CKPT_EXPORTER_API_KEY": API_KEY,
+                "CKPT_EXPORTER_JOBS": f"{SFT},{DPO},{RFT}",
+                "CKPT_EXPORTER_POLL_INTERVAL_SECONDS": "0.3",
+                "CKPT_EXPORTER_MAX_REQUESTS_PER_SECOND": "1000",
+            }
+        )
+        try:
+            exporter.wait_ready()
+            assert wait_for(lambda: "openai_fine_tuning_job_step_phase_seconds{" in exporter.metrics(), 10)
+            text = exporter.metrics()
+        finally:
+            exporter.stop()
+    for family in ("grader_reward_mean", "grader_error_rate", "hyperparameter", "best_checkpoint_step"):
+        assert f"openai_fine_tuning_job_{family}{{" in text, family
+    assert "openai_fine_tuning_checkpoint_full_valid_mean_reward{" in text
+    checked = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
+    assert (checked.returncode, checked.stdout + checked.stderr) == (0, "")
