@@ -22,7 +22,8 @@ from ckpt_exporter.models import ApiError
 from ckpt_exporter.retries import MAX_RETRY_AFTER, parse_duration, retry_after_seconds
 from ckpt_exporter.slots import PrioritySlots
 
-log = logging.getLogger(__name__)
+# The API client's logger: operators filter on it (docs/operations.md quotes its lines).
+log = logging.getLogger("ckpt_exporter.api")
 
 # x-ratelimit-reset-requests is honoured up to this long (a garbled header must not stop us for days).
 MAX_RATE_LIMIT_PAUSE = 3600.0

@@ -1,7 +1,7 @@
 """One watched job: what the exporter remembers about it between polls, and the outcome policy.
 
 The outcome policy decides what a poll's results mean (new checkpoints logged, a failure logged
-once per reason, 404s backed off, a Retry-After held) and turns them into the job's next snapshot:
+once per reason, 404s backed off) and turns them into the job's next snapshot:
 one snapshot per poll, whatever the poll read and however it failed.
 """
 
@@ -24,7 +24,8 @@ from ckpt_exporter.models import (
 )
 from ckpt_exporter.snapshot import JobSnapshot
 
-log = logging.getLogger(__name__)
+# The poller's logger: operators filter on it (docs/operations.md quotes its lines).
+log = logging.getLogger("ckpt_exporter.poller")
 
 IDLE_STATUSES = NOT_STARTED_STATUSES | {"paused"}  # no new checkpoints: no checkpoint requests
 FINISHED_MARGIN = 60.0  # a full read started this long after finished_at holds every checkpoint
@@ -42,7 +43,7 @@ class JobState:
     last_error: str | None = None  # the reason last logged, to log a failure once, not every poll
     read_once: bool = False  # the first successful read sets the baseline: not "discovered"
     final_read_done: bool = False  # a finished job's last full read is done: no more requests
-    not_before: float = 0.0  # no request before this time (Retry-After, 404 backoff)
+    not_before: float = 0.0  # no request before this time (the 404 backoff; the gate holds a Retry-After)
     not_found: int = 0  # consecutive 404s
     full_read_at: float | None = None  # when the latest successful full read started
     rejects_logged: set[tuple[str, str]] = field(default_factory=set)  # (list, reason) logged
@@ -137,7 +138,7 @@ class JobState:
         return replace(snapshot, errors=self._error_counts())
 
     def failed(self, snapshot: JobSnapshot, exc: ApiError, now: float, poll_interval: float) -> JobSnapshot:
-        """Count the failure, log it once per reason, back off a 404, hold a Retry-After."""
+        """Count the failure, log it once per reason, back off a 404."""
         self.count(exc.reason)
         if exc.status == 404:
             if now >= self.not_before:  # not a second 404 of the same poll (status and checkpoints)
@@ -152,8 +153,6 @@ class JobState:
         elif exc.status not in (401, 403) and self.last_error != exc.reason:  # the key: the account's
             log.warning("job %s: poll failed (%s): %s", self.job_id, exc.reason, exc)
         self.last_error = exc.reason
-        if exc.retry_after:
-            self.not_before = max(self.not_before, now + exc.retry_after)
         return replace(snapshot, polled=True, up=False, errors=self._error_counts())
 
     def _rejected(self, rejected: list[Rejected], source: str) -> None:

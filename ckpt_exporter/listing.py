@@ -19,7 +19,8 @@ from ckpt_exporter.api import ApiClient
 from ckpt_exporter.models import ApiError, FineTuningJob, ListPage, Rejected, describe, parse_job
 from ckpt_exporter.pages import PageWalker
 
-log = logging.getLogger(__name__)
+# The poller's logger: operators filter on it (docs/operations.md quotes its lines).
+log = logging.getLogger("ckpt_exporter.poller")
 
 LIST_LIMIT = 100  # jobs per listing page
 MAX_STATUS_PAGES = 1000  # the status refresh reads individually what these pages do not reach

@@ -173,7 +173,7 @@ class Poller:
         now = self._clock()
         due = []
         for job in self._jobs.values():
-            if self.turns.busy(job.job_id) or now < job.not_before or (only and not only(job)):
+            if self.turns.busy(job.job_id) or self._held(job, now) or (only and not only(job)):
                 continue
             if not job.needs_checkpoints():
                 if not job.snapshot.polled:
@@ -181,6 +181,10 @@ class Poller:
                 continue
             due.append(job)
         return self.turns.queue(due)
+
+    def _held(self, job: JobState, now: float) -> bool:
+        """Not to be polled now: backing off a 404, or held by the gate after a Retry-After."""
+        return now < job.not_before or bool(self._client.gate.held_for(job.job_id))
 
     def _publish(self, job: JobState, snapshot: JobSnapshot) -> None:
         job.snapshot = snapshot
@@ -266,7 +270,7 @@ class Poller:
         await asyncio.gather(*self.dispatch(only=finishing), return_exceptions=True)
 
     async def _status_of(self, job: JobState) -> None:
-        if self._clock() < job.not_before:
+        if self._held(job, self._clock()):
             return
         epoch = self.auth.epoch
         try:

@@ -19,7 +19,7 @@ import httpx
 from ckpt_exporter.filestamp import FileStamp, file_stamp
 from ckpt_exporter.logging_setup import register_secret
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("ckpt_exporter.api")  # the API client's, as before the split
 
 # A page of 100 checkpoints is about 50 KB; anything near this is not a checkpoint list.
 MAX_RESPONSE_BYTES = 8 * 1024 * 1024

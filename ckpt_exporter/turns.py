@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any, Generic, Protocol, TypeVar
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("ckpt_exporter.poller")  # the poller's, as before the split
 
 
 class HasJobId(Protocol):

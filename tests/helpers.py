@@ -34,9 +34,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def require_tool(name: str) -> str:
-    """The tool's path; in CI (CI=true) a missing tool fails the test instead of skipping it."""
-    path = shutil.which(name)
+def require_tool(name: str, *installed_at: Path) -> str:
+    """The tool's path: the first of installed_at that runs, else name on PATH.
+
+    In CI (CI=true) a missing tool fails the test instead of skipping it.
+    """
+    path = next((str(p) for p in installed_at if os.access(p, os.X_OK)), None) or shutil.which(name)
     if path is None:
         if os.environ.get("CI") == "true":
             pytest.fail(f"{name} is required in CI but is not installed")

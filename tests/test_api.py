@@ -324,7 +324,7 @@ async def test_low_remaining_requests_pause_everything_until_the_reset(
     api, fake_time = Api(ok(headers=headers), ok()), FakeTime()
     waits: list[float] = []
     client, _ = make_client(api, fake_time, max_in_flight=4, observe_wait=waits.append)
-    with caplog.at_level(logging.INFO, logger="ckpt_exporter.gate"):
+    with caplog.at_level(logging.INFO, logger="ckpt_exporter.api"):
         await list_page(client)
         assert fake_time.sleeps == []
         await client.list_checkpoints("ftjob-other", after=None, limit=20)  # any job: account-wide

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from ckpt_exporter import __version__
-from ckpt_exporter.fakeapi import FakeApi, FakeApiServer
+from ckpt_exporter.fake import FakeApi, FakeApiServer
 from ckpt_exporter.models import METRIC_FIELDS
 from tests.helpers import (
     ExporterProcess,

@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+import httpx
+
+from ckpt_exporter.api import ApiClient
 from ckpt_exporter.exposition import ExpositionCache
 from ckpt_exporter.poller import Poller
 from ckpt_exporter.selfmetrics import SelfMetrics
@@ -83,22 +86,23 @@ async def test_at_most_max_active_polls_run_at_once_and_every_job_gets_its_turn(
 
 
 async def test_the_poller_does_not_queue_a_job_twice() -> None:
-    poller = Poller(None, ExpositionCache(), SelfMetrics(), max_active_polls=3)  # type: ignore[arg-type]
-    poller.set_jobs(["ftjob-0", "ftjob-1"])
-    tasks = poller.dispatch()
-    assert len(tasks) == 1
-    assert poller.dispatch() == []  # queued jobs are not queued twice
-    await poller.stop()
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{free_port()}/v1/") as http:
+        poller = Poller(ApiClient(http), ExpositionCache(), SelfMetrics(), max_active_polls=3)
+        poller.set_jobs(["ftjob-0", "ftjob-1"])
+        tasks = poller.dispatch()
+        assert len(tasks) == 1
+        assert poller.dispatch() == []  # queued jobs are not queued twice
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await poller.stop()
 
 
 async def test_the_state_of_the_first_cycle_is_frozen_out_of_full_gc_passes_once_ready() -> None:
     import gc
 
     from ckpt_exporter.app import Exporter
-    from ckpt_exporter.fakeapi import FakeApi, FakeApiServer
+    from ckpt_exporter.fake import FakeApi, FakeApiServer
     from ckpt_exporter.settings import load_settings
 
     api = FakeApi(api_key="sk-test")
