@@ -19,7 +19,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ckpt_exporter.fakeapi import FakeApi, FakeJob
+from ckpt_exporter.fake import FakeApi, FakeJob
 from ckpt_exporter.models import METRIC_FIELDS
 
 REPO = Path(__file__).resolve().parent.parent

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from ckpt_exporter.fakeapi import FakeApi, FakeApiServer
+from ckpt_exporter.fake import FakeApi, FakeApiServer
 from tests.helpers import (
     API_KEY,
     DrainedExporterProcess,

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from ckpt_exporter.fakeapi import FakeApi, FakeApiServer
+from ckpt_exporter.fake import FakeApi, FakeApiServer
 from tests.helpers import (
     ExporterProcess,
     add_method_job,
