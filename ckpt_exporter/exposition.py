@@ -12,12 +12,25 @@ from __future__ import annotations
 import threading
 import time
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 
 from ckpt_exporter.families import POLL_STATE_FIELDS
 from ckpt_exporter.layout import Built, FamilyLayout, build, render, split_by_family
 from ckpt_exporter.snapshot import JobSnapshot
+
+
+@dataclass(frozen=True)
+class _Fragment:
+    """A job's rendered families: (family, sample lines), the stable ones apart from the others."""
+
+    stable: tuple[tuple[str, bytes], ...]
+    volatile: tuple[tuple[str, bytes], ...]  # and the poll state
+
+    @classmethod
+    def of(cls, rendered: list[tuple[str, bytes]], group: Callable[[str], str]) -> _Fragment:
+        stable = tuple(item for item in rendered if group(item[0]) == "stable")
+        return cls(stable, tuple(item for item in rendered if group(item[0]) != "stable"))
 
 
 @dataclass
@@ -86,7 +99,7 @@ class ExpositionCache:
         self._stable_version = 0  # bumped by a change to a stable family
         self._prefixes: dict[bool, _Prefix] = {}
         self._prefix_builds = dict.fromkeys(self.FORMATS, 0)
-        self._fragments: dict[str, dict[str, bytes]] = {}  # job -> family -> lines
+        self._fragments: dict[str, _Fragment] = {}  # job -> its rendered families
         self._snapshots: dict[str, JobSnapshot] = {}
         self._assembled: dict[bool, _Assembled] = {}
         self._served: dict[bool, float] = {}  # when each format was last asked for
@@ -95,10 +108,11 @@ class ExpositionCache:
         self._stop = threading.Event()  # set by stop(): the rebuild thread's waits end at once
         self._thread: threading.Thread | None = None
 
-    def _lines(self, built: Built) -> dict[str, bytes]:
-        self._layout.learn(built)
+    def _render(self, built: Built) -> list[tuple[str, bytes]]:
+        """(family, sample lines) of the built families, in exposition order."""
+        names = self._layout.learn(built)
         _, _, lines = split_by_family(render(lambda: [metric for _, metric in built], False))
-        return lines
+        return [(name, lines[name]) for name in names if name in lines]
 
     def update(self, job: JobSnapshot) -> None:
         """Publish a job's snapshot (renders what changed: after most polls, the poll state only)."""
@@ -112,15 +126,11 @@ class ExpositionCache:
             and replace(previous, **{name: getattr(job, name) for name in POLL_STATE_FIELDS}) == job
         ):
             group = self._layout.group
-            fragment = {name: lines for name, lines in old.items() if group(name) != "poll_state"}
-            fragment.update(self._lines(build([job], ("poll_state",))))
+            kept = tuple(item for item in old.volatile if group(item[0]) != "poll_state")
+            fragment = _Fragment(old.stable, kept + tuple(self._render(build([job], ("poll_state",)))))
         else:
-            fragment = self._lines(build([job]))
-        stable_changed = old is None or any(
-            old.get(name) != fragment.get(name)
-            for name in old.keys() | fragment.keys()
-            if self._layout.group(name) == "stable"
-        )
+            fragment = _Fragment.of(self._render(build([job])), self._layout.group)
+        stable_changed = old is None or old.stable != fragment.stable
         with self._lock:
             self._snapshots[job.job_id] = job
             self._fragments[job.job_id] = fragment
@@ -159,20 +169,24 @@ class ExpositionCache:
         names, stable = self._layout.order()
         header = self._layout.header
 
-        def families(run: tuple[str, ...]) -> Iterator[bytes]:
+        def families(run: tuple[str, ...], part: str) -> Iterator[bytes]:
+            # One pass over the jobs' families (most jobs have a few of them), then in order.
+            collected: dict[str, list[bytes]] = {}
+            for fragment in fragments:
+                for name, lines in getattr(fragment, part):
+                    collected.setdefault(name, []).append(lines)
             for name in run:
-                lines = [fragment[name] for fragment in fragments if name in fragment]
-                if lines:
-                    yield header(name, openmetrics) + b"".join(lines)
+                if name in collected:
+                    yield header(name, openmetrics) + b"".join(collected[name])
 
         if prefix is None or prefix.stable_version != stable_version:
             state = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
-            stable_body = b"".join(state.compress(c) for c in families(names[:stable]))
+            stable_body = b"".join(state.compress(c) for c in families(names[:stable], "stable"))
             prefix = _Prefix(stable_version, stable_body, state)
             with self._lock:
                 self._prefixes[openmetrics] = prefix
                 self._prefix_builds[openmetrics] += 1
-        return version, _Assembled.of(prefix, families(names[stable:]))
+        return version, _Assembled.of(prefix, families(names[stable:], "volatile"))
 
     def _current(self, openmetrics: bool) -> _Assembled:
         with self._lock:
