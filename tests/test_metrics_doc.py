@@ -38,8 +38,8 @@ def documented() -> dict[str, tuple[str, frozenset[str]]]:
     return rows
 
 
-def served() -> dict[str, tuple[str, frozenset[str]]]:
-    """Every family the exporter serves, from a state where every metric has samples."""
+def every_metric_snapshot() -> JobSnapshot:
+    """A job in a state where every metric has samples."""
     checkpoint = TypeAdapter(Checkpoint).validate_python(
         {
             "id": "c1",
@@ -58,7 +58,6 @@ def served() -> dict[str, tuple[str, frozenset[str]]]:
             },
         }
     )
-    jobs = ExpositionCache()
     job = TypeAdapter(FineTuningJob).validate_python(
         {
             "id": "j",
@@ -86,21 +85,25 @@ def served() -> dict[str, tuple[str, frozenset[str]]]:
             "timing": {"step": {"sampling": 1.0}},
         }
     )
-    jobs.update(
-        JobSnapshot(
-            "j",
-            (checkpoint,),
-            True,
-            True,
-            1.0,
-            1,
-            (("timeout", 1),),
-            job=job,
-            live=live,
-            event_counts=(("info", 1),),
-            fields=frozenset(CHECKPOINT_REWARDS + LIVE_RFT),
-        )
+    return JobSnapshot(
+        "j",
+        (checkpoint,),
+        True,
+        True,
+        1.0,
+        1,
+        (("timeout", 1),),
+        job=job,
+        live=live,
+        event_counts=(("info", 1),),
+        fields=frozenset(CHECKPOINT_REWARDS + LIVE_RFT),
     )
+
+
+def served() -> dict[str, tuple[str, frozenset[str]]]:
+    """Every family the exporter serves, from a state where every metric has samples."""
+    jobs = ExpositionCache()
+    jobs.update(every_metric_snapshot())
     metrics = SelfMetrics()
     metrics.poll_duration.observe(1)
     body, _ = MetricsApp(jobs, metrics, lambda: True).metrics_response("", "")
