@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
@@ -19,7 +18,6 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ckpt_exporter.fake import FakeApi, FakeJob
 from ckpt_exporter.models import METRIC_FIELDS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -151,28 +149,6 @@ class DrainedExporterProcess(ExporterProcess):
         self._reader.join(timeout=5)
         self.output = "".join(self._lines)
         return self.output
-
-
-# -- fine-tuning methods in the fake API -----------------------------------------------------
-
-
-@dataclasses.dataclass
-class MethodJob(FakeJob):
-    """A fake job whose document carries a `method` (DPO, reinforcement), as the API's does."""
-
-    method: dict[str, Any] | None = None
-
-    def document(self) -> dict[str, Any]:
-        return {**super().document(), "method": self.method}
-
-
-def add_method_job(api: FakeApi, job_id: str, method: dict[str, Any], **fields: Any) -> MethodJob:
-    """FakeApi.add_job, for a job with a `method` (the fake's own documents have none)."""
-    job = api.add_job(job_id, **fields)
-    copied = {f.name: getattr(job, f.name) for f in dataclasses.fields(FakeJob)}
-    api.jobs[job_id] = method_job = MethodJob(**copied, method=method)
-    api.update_job(job_id)  # the fake's listing is built again, with this job
-    return method_job
 
 
 # -- the checkpoint samples a fake API's jobs must give --------------------------------------

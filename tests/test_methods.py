@@ -20,7 +20,6 @@ from tests.helpers import (
     API_KEY,
     DrainedExporterProcess,
     Samples,
-    add_method_job,
     expected_best_checkpoint,
     expected_job_samples,
     parse_samples,
@@ -107,10 +106,10 @@ def populate(api: FakeApi, newest_first: bool) -> None:
             SFT, step, {"train_loss": loss / 2, "valid_loss": loss + 0.25, "full_valid_loss": loss}
         )
     # DPO: only batch validation losses; the lowest at step 2 (0.25, as step 3: the earlier wins).
-    add_method_job(api, DPO, DPO_METHOD, newest_first=newest_first)
+    api.add_job(DPO, method=DPO_METHOD, newest_first=newest_first)
     for step, loss in ((1, 0.5), (2, 0.25), (3, 0.25)):
         api.add_checkpoint(DPO, step, {"train_loss": 0.6, "valid_loss": loss})
-    add_method_job(api, RFT, RFT_METHOD, newest_first=newest_first, model="o4-mini-2025-04-16")
+    api.add_job(RFT, method=RFT_METHOD, newest_first=newest_first, model="o4-mini-2025-04-16")
     for step, metrics in RFT_CHECKPOINTS.items():
         api.add_checkpoint(RFT, step, {**metrics, **NOT_METRICS})
     api.add_event(RFT, "Step 19/40", data=rft_event(19), created_at=1_800_000_019)

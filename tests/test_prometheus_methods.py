@@ -22,7 +22,6 @@ import pytest
 from ckpt_exporter.fake import FakeApi, FakeApiServer
 from tests.helpers import (
     ExporterProcess,
-    add_method_job,
     load_dashboard,
     require_tool,
     substitute_grafana_variables,
@@ -70,22 +69,20 @@ def populate(api: FakeApi) -> None:
     api.add_job(SFT)
     for step, (train, valid, full) in SFT_CHECKPOINTS.items():
         api.add_checkpoint(SFT, step, {"train_loss": train, "valid_loss": valid, "full_valid_loss": full})
-    add_method_job(
-        api,
-        DPO,
-        {"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.5, "n_epochs": 2, "batch_size": "auto"}}},
-    )
+    dpo = {"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.5, "n_epochs": 2, "batch_size": "auto"}}}
+    api.add_job(DPO, method=dpo)
     for step, (train, valid) in DPO_CHECKPOINTS.items():
         api.add_checkpoint(DPO, step, {"train_loss": train, "valid_loss": valid})
-    add_method_job(
-        api,
+    api.add_job(
         RFT,
-        rft_method("python", n_epochs=1, eval_interval=2, compute_multiplier=2, reasoning_effort="low"),
+        method=rft_method(
+            "python", n_epochs=1, eval_interval=2, compute_multiplier=2, reasoning_effort="low"
+        ),
     )
     for step, (train, full) in RFT_CHECKPOINTS.items():
         api.add_checkpoint(RFT, step, {"train_mean_reward": train, "full_valid_mean_reward": full})
     api.add_event(RFT, "Step 4/8", data=RFT_EVENT)
-    add_method_job(api, FLAT, rft_method("string_check"))
+    api.add_job(FLAT, method=rft_method("string_check"))
     api.add_event(FLAT, "Step 3/8", data={"step": 3, "total_steps": 8, "train_mean_reward": 0})
 
 
