@@ -284,3 +284,42 @@ def test_method_metrics_pass_promtool() -> None:
     assert "openai_fine_tuning_checkpoint_full_valid_mean_reward{" in text
     checked = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
     assert (checked.returncode, checked.stdout + checked.stderr) == (0, "")
+
+
+def test_a_job_exports_at_most_64_other_fields() -> None:
+    """The 65th distinct field of a job and those after it are skipped, counted and logged once."""
+    api = FakeApi(api_key=API_KEY)
+    api.add_job("ftjob-wide", method=RFT_METHOD)
+    data = {"step": 1, **{f"metric_{n:02d}": n / 4 for n in range(70)}}
+    api.add_event("ftjob-wide", "Step 1/2", data=data)
+    with FakeApiServer(api) as server:
+        exporter = DrainedExporterProcess(
+            {
+                "CKPT_EXPORTER_API_BASE_URL": server.base_url,
+                "CKPT_EXPORTER_API_KEY": API_KEY,
+                "CKPT_EXPORTER_JOBS": "ftjob-wide",
+                "CKPT_EXPORTER_POLL_INTERVAL_SECONDS": "0.3",
+            }
+        )
+        try:
+            exporter.wait_ready()
+            job = labels(job_id="ftjob-wide")
+            want = {(f"openai_fine_tuning_job_metric_{n:02d}", job): n / 4 for n in range(64)}
+            assert wait_for(
+                lambda: parse_samples(exporter.metrics(), "openai_fine_tuning_job_metric_") == want, 10
+            )
+            api.add_event("ftjob-wide", "Step 2/2", data={**data, "step": 2})
+            step = {("openai_fine_tuning_job_step", job): 2.0}
+            assert wait_for(
+                lambda: parse_samples(exporter.metrics(), "openai_fine_tuning_job_step") == step, 10
+            )
+            errors = parse_samples(exporter.metrics(), "ckpt_exporter_api_errors_total")
+            assert errors == {
+                ("ckpt_exporter_api_errors_total", labels(job_id="ftjob-wide", reason="too_many_fields")): 6.0
+            }
+        finally:
+            log = exporter.stop()
+    skipped = [line for line in log.splitlines() if "(too_many_fields)" in line]
+    assert [line.split("): ")[1] for line in skipped] == [
+        f"'metric_{n}': the job already exports 64 fields (counted; logged once)" for n in range(64, 70)
+    ]
