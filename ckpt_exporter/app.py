@@ -171,9 +171,8 @@ class Exporter:
         self.metrics.shard_ordinal.set(settings.shard)
         self.metrics.total_shards.set(settings.total_shards)
         self.server = MetricsServer(
-            MetricsApp(self.jobs, self.metrics, self.ready),
-            settings.listen_address,
-            settings.listen_port,
+            MetricsApp(self.jobs, self.metrics, self.ready, watched_jobs=self.watched_jobs),
+            [(settings.listen_address, settings.listen_port)],
             load_web_config(settings.web_config_file) if settings.web_config_file else None,
         )
         self.scheduler = AsyncIOScheduler(timezone=UTC)
@@ -182,12 +181,16 @@ class Exporter:
 
     @property
     def metrics_url(self) -> str:
-        host = self.settings.listen_address
+        """A URL of /metrics to connect to: the first listen address, loopback for a wildcard one."""
+        host, port = self.server.addresses[0]
         if host in ("0.0.0.0", "::", ""):
             host = "127.0.0.1"
         elif ":" in host:
             host = f"[{host}]"
-        return f"{self.server.scheme}://{host}:{self.server.port}/metrics"
+        return f"{self.server.scheme}://{host}:{port}{self.server.telemetry_path}"
+
+    def watched_jobs(self) -> int:
+        return sum(len(account.poller.job_ids) for account in self.accounts)
 
     def start(self) -> None:
         self.jobs.start()
@@ -205,9 +208,9 @@ class Exporter:
         log.info(
             "ckpt_exporter %s watching %d job(s) every %gs; serving %s",
             __version__,
-            sum(len(account.poller.job_ids) for account in self.accounts),
+            self.watched_jobs(),
             self.settings.poll_interval_seconds,
-            self.metrics_url,
+            ", ".join(self.server.urls()),
         )
         if self._on_ready is not None:
             self._on_ready(self.metrics_url)

@@ -107,12 +107,8 @@ def _run(
 
     try:
         return asyncio.run(serve(settings, on_ready, reload_settings, config))
-    except OSError as exc:  # the listen address is taken or invalid
-        print(
-            f"ckpt-exporter: cannot listen on {settings.listen_address}:{settings.listen_port}: "
-            f"{exc.strerror or exc}",
-            file=sys.stderr,
-        )
+    except OSError as exc:  # the port is taken, or the address went away since the check
+        print(f"ckpt-exporter: {exc.strerror or exc}", file=sys.stderr)
         return 1
 
 
