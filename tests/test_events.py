@@ -285,7 +285,7 @@ def test_settings_accounts_and_azure_validation() -> None:
         }
     )
     with pytest.raises(SettingsError, match="ftjob-1 is listed in two accounts"):
-        settings.require_api_key()
+        settings.check_runnable()
     azure = AccountSettings(name="x", api_flavor="azure", api_base_url="https://r.openai.azure.com/openai")
     assert azure.api_version == "2024-10-21"
     v1 = AccountSettings(name="x", api_flavor="azure", api_base_url="https://r.openai.azure.com/openai/v1")
