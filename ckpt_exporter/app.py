@@ -21,11 +21,12 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from ckpt_exporter import __version__
 from ckpt_exporter.api import ApiClient, ApiKeyAuth, KeySource, make_http_client
 from ckpt_exporter.exposition import RenderedJobs
+from ckpt_exporter.listen import bind_address
 from ckpt_exporter.poller import Discovery, Poller, Shard
 from ckpt_exporter.selfmetrics import SelfMetrics
 from ckpt_exporter.server import MetricsApp, MetricsServer
 from ckpt_exporter.settings import AccountSettings, Settings, SettingsError
-from ckpt_exporter.webconfig import load_web_config
+from ckpt_exporter.webconfig import WebConfig, load_web_config
 
 log = logging.getLogger(__name__)
 
@@ -129,19 +130,19 @@ class Exporter:
         ]
         self.metrics.shard_ordinal.set(settings.shard)
         self.metrics.total_shards.set(settings.total_shards)
-        self.server = MetricsServer(
+        self.servers = _bind_servers(
             MetricsApp(self.jobs, self.metrics, self.ready),
-            settings.listen_address,
-            settings.listen_port,
+            settings,
             load_web_config(settings.web_config_file) if settings.web_config_file else None,
         )
+        self.server = self.servers[0]
         self.scheduler = AsyncIOScheduler(timezone=UTC)
         self._on_ready = on_ready
         self._frozen = False
 
     @property
     def metrics_url(self) -> str:
-        host = self.settings.listen_address
+        host = self.settings.listen_addresses()[0].host
         if host in ("0.0.0.0", "::", ""):
             host = "127.0.0.1"
         elif ":" in host:
@@ -150,7 +151,8 @@ class Exporter:
 
     def start(self) -> None:
         self.jobs.start()
-        self.server.start()
+        for server in self.servers:
+            server.start()
         self.scheduler.add_job(
             self._tick,
             "interval",
@@ -226,8 +228,22 @@ class Exporter:
             log.warning("in-flight polls did not stop within %gs; abandoning them", SHUTDOWN_GRACE_SECONDS)
         for account in self.accounts:
             await account.http.aclose()
-        self.server.stop()
+        for server in self.servers:
+            server.stop()
         self.jobs.stop()
+
+
+def _bind_servers(app: MetricsApp, settings: Settings, web: WebConfig | None) -> list[MetricsServer]:
+    """A server bound to each listen address; OSError naming the address that cannot be bound."""
+    servers: list[MetricsServer] = []
+    for address in settings.listen_addresses():
+        try:
+            servers.append(MetricsServer(app, *bind_address(address), web))
+        except OSError as exc:
+            for server in servers:
+                server.stop()
+            raise OSError(exc.errno, f"cannot listen on {address}: {exc.strerror or exc}") from None
+    return servers
 
 
 def _stamp(path: Path | None) -> tuple[int, int] | None:

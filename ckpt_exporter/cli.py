@@ -220,8 +220,7 @@ def _run(
     try:
         return asyncio.run(serve(settings, on_ready, reload_settings, config))
     except OSError as exc:  # the port is taken, or the address went away since the check
-        where = ", ".join(str(address) for address in settings.listen_addresses())
-        print(f"ckpt-exporter: cannot listen on {where}: {exc.strerror or exc}", file=sys.stderr)
+        print(f"ckpt-exporter: {exc.strerror or exc}", file=sys.stderr)
         return 1
 
 
