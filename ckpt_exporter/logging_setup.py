@@ -132,16 +132,20 @@ def setup_logging(level: str, fmt: str, secrets: Iterable[str | None] = ()) -> N
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_formatter(fmt))
     handler.addFilter(RedactingFilter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    # The HTTP libraries log every request at INFO; keep that for DEBUG.
-    for noisy in ("httpx", "httpcore", "apscheduler", "aiohttp"):
-        logging.getLogger(noisy).setLevel(level if level == "DEBUG" else "WARNING")
+    logging.getLogger().handlers[:] = [handler]
+    set_level(level)
     logging.captureWarnings(True)
     # Tracebacks that nothing caught are written by hooks that bypass logging: route them through it.
     sys.excepthook = _log_uncaught
     threading.excepthook = _log_uncaught_in_thread
+
+
+def set_level(level: str) -> None:
+    """The least severe level written (at start, and when a reload changes log_level)."""
+    logging.getLogger().setLevel(level)
+    # The HTTP libraries log every request at INFO; keep that for DEBUG.
+    for noisy in ("httpx", "httpcore", "apscheduler", "aiohttp"):
+        logging.getLogger(noisy).setLevel(level if level == "DEBUG" else "WARNING")
 
 
 def _log_uncaught(exc_type: type[BaseException], exc: BaseException, traceback: TracebackType | None) -> None:
