@@ -273,7 +273,7 @@ async def test_several_accounts_each_with_its_key_jobs_and_discovery() -> None:
 def test_settings_accounts_and_azure_validation() -> None:
     from ckpt_exporter.settings import SettingsError, load_settings
 
-    needs_resource = r"^invalid setting accounts\[0\]: api_base_url: the azure flavor needs"
+    needs_resource = r"^invalid setting accounts\[0\] \(--accounts\): api_base_url: the azure flavor needs"
     with pytest.raises(SettingsError, match=needs_resource):
         load_settings({"accounts": [{"name": "a", "api_flavor": "azure", "api_key": "k", "jobs": ["j"]}]})
     settings = load_settings(
