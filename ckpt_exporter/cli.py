@@ -52,6 +52,8 @@ TOOLKIT_FLAGS = {
     "log_format": "--log.format",
 }
 DEMO_FLAGS = ("--demo-jobs", "--demo-checkpoint-seconds")
+DEMO_JOBS = 3
+DEMO_CHECKPOINT_SECONDS = 5.0
 
 log = logging.getLogger(__name__)
 
@@ -104,13 +106,16 @@ def build_parser() -> _Parser:
             help=f"{field.description} ({ENV_PREFIX}{name.upper()}; default: {default!r})".replace("%", "%%"),
         )
     parser.add_argument(
-        "--demo-jobs", type=int, metavar="N", help="The demo's number of simulated jobs (default 3)."
+        "--demo-jobs",
+        type=int,
+        metavar="N",
+        help=f"The demo's number of simulated jobs (default {DEMO_JOBS}).",
     )
     parser.add_argument(
         "--demo-checkpoint-seconds",
         type=float,
         metavar="SECONDS",
-        help="In the demo, each job gains a checkpoint this often (default 5).",
+        help=f"In the demo, each job gains a checkpoint this often (default {DEMO_CHECKPOINT_SECONDS:g}).",
     )
     return parser
 
@@ -166,6 +171,10 @@ def parse_command_line(argv: Sequence[str]) -> argparse.Namespace:
         for flag in DEMO_FLAGS:
             if getattr(args, flag[2:].replace("-", "_")) is not None:
                 raise UsageError(f"{flag} is a flag of the demo command only")
+    # Their defaults once we know they were not given elsewhere than to the demo.
+    args.demo_jobs = DEMO_JOBS if args.demo_jobs is None else args.demo_jobs
+    if args.demo_checkpoint_seconds is None:
+        args.demo_checkpoint_seconds = DEMO_CHECKPOINT_SECONDS
     return args
 
 
@@ -227,11 +236,9 @@ def _run(
 def _demo(args: argparse.Namespace) -> int:
     from ckpt_exporter.fakeapi import FakeApi, FakeApiServer, SimulatedTraining
 
-    jobs = 3 if args.demo_jobs is None else args.demo_jobs
-    every = 5.0 if args.demo_checkpoint_seconds is None else args.demo_checkpoint_seconds
     api = FakeApi(api_key="sk-demo")
     api.record_requests = False
-    training = SimulatedTraining(api, jobs=jobs, every_seconds=every)
+    training = SimulatedTraining(api, jobs=args.demo_jobs, every_seconds=args.demo_checkpoint_seconds)
     server = FakeApiServer(api).start()
     try:
         values = {"poll_interval_seconds": 2, "listen_address": "127.0.0.1", **_settings_values(args)}
@@ -247,7 +254,7 @@ def _demo(args: argparse.Namespace) -> int:
     def announce(url: str) -> None:
         print(
             f"ckpt-exporter demo: {len(training.job_ids)} simulated jobs, a new checkpoint every "
-            f"~{every:g}s each.\nMetrics: {url}\n"
+            f"~{args.demo_checkpoint_seconds:g}s each.\nMetrics: {url}\n"
             f"Try: curl -s {url} | grep openai_fine_tuning_checkpoint_train_loss\n"
             "Stop with Ctrl-C.",
             flush=True,
