@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from ckpt_exporter.fakeapi import FakeApi, FakeApiServer
-from tests.conftest import API_KEY
-from tests.helpers import DrainedExporterProcess, wait_for
+from ckpt_exporter.fake import FakeApi, FakeApiServer
+from tests.helpers import API_KEY, DrainedExporterProcess, wait_for
 
 pytestmark = pytest.mark.integration
 
