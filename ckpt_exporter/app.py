@@ -114,6 +114,7 @@ def build_account(
         shard=Shard(settings.shard, settings.total_shards),
         # A job's poll makes up to two requests at once: twice as many polls keep every slot busy.
         max_active_polls=2 * settings.max_concurrency,
+        base_url=account.api_base_url,
     )
     poller.set_jobs(account.jobs)
     return Account(account.name, http, poller)
