@@ -145,12 +145,17 @@ class Exporter:
         ]
         self.metrics.shard_ordinal.set(settings.shard)
         self.metrics.total_shards.set(settings.total_shards)
-        self.servers = _bind_servers(
-            MetricsApp(self.jobs, self.metrics, self.ready),
+        self.server = _bind_server(
+            MetricsApp(
+                self.jobs,
+                self.metrics,
+                self.ready,
+                watched_jobs=self.watched_jobs,
+                telemetry_path=settings.web_telemetry_path,
+            ),
             settings,
             load_web_config(settings.web_config_file) if settings.web_config_file else None,
         )
-        self.server = self.servers[0]
         self.scheduler = AsyncIOScheduler(timezone=UTC)
         self._on_ready = on_ready
         self._frozen = False
@@ -160,17 +165,20 @@ class Exporter:
 
     @property
     def metrics_url(self) -> str:
-        host = self.settings.listen_addresses()[0].host
+        """A URL of /metrics to connect to: the first listen address, loopback for a wildcard one."""
+        host, port = self.server.addresses[0]
         if host in ("0.0.0.0", "::", ""):
             host = "127.0.0.1"
         elif ":" in host:
             host = f"[{host}]"
-        return f"{self.server.scheme}://{host}:{self.server.port}/metrics"
+        return f"{self.server.scheme}://{host}:{port}{self.server.telemetry_path}"
+
+    def watched_jobs(self) -> int:
+        return sum(len(account.poller.job_ids) for account in self.accounts)
 
     def start(self) -> None:
         self.jobs.start()
-        for server in self.servers:
-            server.start()
+        self.server.start()
         self.scheduler.add_job(
             self.tick,
             "interval",
@@ -184,9 +192,9 @@ class Exporter:
         log.info(
             "ckpt_exporter %s watching %d job(s) every %gs; serving %s",
             __version__,
-            sum(len(account.poller.job_ids) for account in self.accounts),
+            self.watched_jobs(),
             self.settings.poll_interval_seconds,
-            self.metrics_url,
+            ", ".join(self.server.urls()),
         )
         if self._on_ready is not None:
             self._on_ready(self.metrics_url)
@@ -259,22 +267,14 @@ class Exporter:
             log.warning("in-flight polls did not stop within %gs; abandoning them", SHUTDOWN_GRACE_SECONDS)
         for account in self.accounts:
             await account.http.aclose()
-        for server in self.servers:
-            server.stop()
+        self.server.stop()
         self.jobs.stop()
 
 
-def _bind_servers(app: MetricsApp, settings: Settings, web: WebConfig | None) -> list[MetricsServer]:
-    """A server bound to each listen address; OSError naming the address that cannot be bound."""
-    servers: list[MetricsServer] = []
-    for address in settings.listen_addresses():
-        try:
-            servers.append(MetricsServer(app, *bind_address(address), web))
-        except OSError as exc:
-            for server in servers:
-                server.stop()
-            raise OSError(exc.errno, f"cannot listen on {address}: {exc.strerror or exc}") from None
-    return servers
+def _bind_server(app: MetricsApp, settings: Settings, web: WebConfig | None) -> MetricsServer:
+    """The server, bound to every listen address as check-config resolved them (OSError naming
+    the address that cannot be bound: a port in use)."""
+    return MetricsServer(app, [bind_address(address) for address in settings.listen_addresses()], web)
 
 
 async def serve(

@@ -15,61 +15,22 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 
-from prometheus_client import CollectorRegistry
-from prometheus_client.core import Metric
-from prometheus_client.exposition import generate_latest as render_text
-from prometheus_client.openmetrics.exposition import generate_latest as render_openmetrics
-from prometheus_client.registry import Collector
-
-from ckpt_exporter.families import FAMILIES, POLL_STATE_FIELDS, job_families, poll_state_families
+from ckpt_exporter.families import POLL_STATE_FIELDS
+from ckpt_exporter.layout import Built, FamilyLayout, build, render, split_by_family
 from ckpt_exporter.snapshot import JobSnapshot
 
 
-class FamiliesCollector(Collector):
-    """Adapts a function returning families to prometheus_client's Collector interface."""
-
-    def __init__(self, families: Callable[[], Iterable[Metric]]) -> None:
-        self._families = families
-
-    def collect(self) -> Iterator[Metric]:
-        yield from self._families()
-
-
-def render(families: Callable[[], Iterable[Metric]], openmetrics: bool) -> bytes:
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(FamiliesCollector(families))
-    if openmetrics:
-        return render_openmetrics(registry)  # type: ignore[no-untyped-call,no-any-return]
-    return render_text(registry)
-
-
-def split_by_family(rendered: bytes) -> tuple[list[str], dict[str, bytes], dict[str, bytes]]:
-    """Split rendered output into (family order, header lines by family, sample lines by family)."""
-    order: list[str] = []
-    headers: dict[str, list[str]] = {}
-    samples: dict[str, list[str]] = {}
-    current = ""
-    for line in rendered.decode("utf-8").splitlines(keepends=True):
-        if line.startswith("# HELP "):
-            current = line.split(" ", 3)[2]
-            order.append(current)
-            headers[current], samples[current] = [line], []
-        elif line.startswith("# EOF"):
-            continue
-        elif line.startswith("#"):
-            headers[current].append(line)
-        else:
-            samples[current].append(line)
-    return (
-        order,
-        {name: "".join(lines).encode() for name, lines in headers.items()},
-        {name: "".join(lines).encode() for name, lines in samples.items() if lines},
-    )
-
-
 @dataclass(frozen=True)
-class _Format:
-    headers: tuple[bytes, ...]  # the HELP/TYPE lines of each family, by position
+class _Fragment:
+    """A job's rendered families: (family, sample lines), the stable ones apart from the others."""
+
+    stable: tuple[tuple[str, bytes], ...]
+    volatile: tuple[tuple[str, bytes], ...]  # and the poll state
+
+    @classmethod
+    def of(cls, rendered: list[tuple[str, bytes]], group: Callable[[str], str]) -> _Fragment:
+        stable = tuple(item for item in rendered if group(item[0]) == "stable")
+        return cls(stable, tuple(item for item in rendered if group(item[0]) != "stable"))
 
 
 @dataclass
@@ -134,19 +95,11 @@ class ExpositionCache:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._formats: dict[bool, _Format] = {}
-        for openmetrics in self.FORMATS:
-            order, headers, _ = split_by_family(render(lambda: job_families([]), openmetrics))
-            self._formats[openmetrics] = _Format(tuple(headers[name] for name in order))
-        text_order = split_by_family(render(lambda: job_families([]), False))[0]
-        self._position = {name: index for index, name in enumerate(text_order)}
-        self._poll_state_from = len(text_order) - len(poll_state_families([]))
-        self._volatile_from = next(i for i, family in enumerate(FAMILIES) if family.group != "stable")
-        assert self._volatile_from < self._poll_state_from, "the volatile families come last"
+        self._layout = FamilyLayout()
         self._stable_version = 0  # bumped by a change to a stable family
         self._prefixes: dict[bool, _Prefix] = {}
         self._prefix_builds = dict.fromkeys(self.FORMATS, 0)
-        self._fragments: dict[str, dict[int, bytes]] = {}  # job -> family position -> lines
+        self._fragments: dict[str, _Fragment] = {}  # job -> its rendered families
         self._snapshots: dict[str, JobSnapshot] = {}
         self._assembled: dict[bool, _Assembled] = {}
         self._served: dict[bool, float] = {}  # when each format was last asked for
@@ -155,9 +108,11 @@ class ExpositionCache:
         self._stop = threading.Event()  # set by stop(): the rebuild thread's waits end at once
         self._thread: threading.Thread | None = None
 
-    def _lines(self, families: Callable[[], Iterable[Metric]]) -> dict[int, bytes]:
-        _, _, lines = split_by_family(render(families, False))
-        return {self._position[name]: block for name, block in lines.items()}
+    def _render(self, built: Built) -> list[tuple[str, bytes]]:
+        """(family, sample lines) of the built families, in exposition order."""
+        names = self._layout.learn(built)
+        _, _, lines = split_by_family(render(lambda: [metric for _, metric in built], False))
+        return [(name, lines[name]) for name in names if name in lines]
 
     def update(self, job: JobSnapshot) -> None:
         """Publish a job's snapshot (renders what changed: after most polls, the poll state only)."""
@@ -170,11 +125,12 @@ class ExpositionCache:
             and old is not None
             and replace(previous, **{name: getattr(job, name) for name in POLL_STATE_FIELDS}) == job
         ):
-            fragment = {i: lines for i, lines in old.items() if i < self._poll_state_from}
-            fragment.update(self._lines(lambda: poll_state_families([job])))
+            group = self._layout.group
+            kept = tuple(item for item in old.volatile if group(item[0]) != "poll_state")
+            fragment = _Fragment(old.stable, kept + tuple(self._render(build([job], ("poll_state",)))))
         else:
-            fragment = self._lines(lambda: job_families([job]))
-        stable_changed = old is None or any(old.get(i) != fragment.get(i) for i in range(self._volatile_from))
+            fragment = _Fragment.of(self._render(build([job])), self._layout.group)
+        stable_changed = old is None or old.stable != fragment.stable
         with self._lock:
             self._snapshots[job.job_id] = job
             self._fragments[job.job_id] = fragment
@@ -210,22 +166,27 @@ class ExpositionCache:
             version, stable_version = self._version, self._stable_version
             fragments = [self._fragments[job_id] for job_id in sorted(self._fragments)]
             prefix = self._prefixes.get(openmetrics)
-        headers = self._formats[openmetrics].headers
+        names, stable = self._layout.order()
+        header = self._layout.header
 
-        def families(positions: range) -> Iterator[bytes]:
-            for position in positions:
-                lines = [fragment[position] for fragment in fragments if position in fragment]
-                if lines:
-                    yield headers[position] + b"".join(lines)
+        def families(run: tuple[str, ...], part: str) -> Iterator[bytes]:
+            # One pass over the jobs' families (most jobs have a few of them), then in order.
+            collected: dict[str, list[bytes]] = {}
+            for fragment in fragments:
+                for name, lines in getattr(fragment, part):
+                    collected.setdefault(name, []).append(lines)
+            for name in run:
+                if name in collected:
+                    yield header(name, openmetrics) + b"".join(collected[name])
 
         if prefix is None or prefix.stable_version != stable_version:
             state = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
-            stable = b"".join(state.compress(c) for c in families(range(self._volatile_from)))
-            prefix = _Prefix(stable_version, stable, state)
+            stable_body = b"".join(state.compress(c) for c in families(names[:stable], "stable"))
+            prefix = _Prefix(stable_version, stable_body, state)
             with self._lock:
                 self._prefixes[openmetrics] = prefix
                 self._prefix_builds[openmetrics] += 1
-        return version, _Assembled.of(prefix, families(range(self._volatile_from, len(headers))))
+        return version, _Assembled.of(prefix, families(names[stable:], "volatile"))
 
     def _current(self, openmetrics: bool) -> _Assembled:
         with self._lock:

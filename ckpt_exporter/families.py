@@ -3,74 +3,27 @@
 The exposition builds its families from this table, and tests/test_metrics_doc.py checks it against
 docs/metrics.md. The order of the table is the exposition order: the stable families (checkpoints,
 status, job info) first, then the volatile ones (live training metrics, event counts), then the
-poll state, which changes with every poll.
+poll state, which changes with every poll. A FieldFamilies entry stands for one gauge per numeric
+field the API sends beyond the known ones (fields.py), named after the field, in name order.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
-from typing import Literal
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.core import Metric
 
+from ckpt_exporter import methods
+from ckpt_exporter.metricfamily import Family, FieldFamilies, Sample
 from ckpt_exporter.models import METRIC_FIELDS, Checkpoint
 from ckpt_exporter.snapshot import JobSnapshot
 
 CHECKPOINT_PREFIX = "openai_fine_tuning_checkpoint_"
+JOB_PREFIX = "openai_fine_tuning_job_"
 # The live gauges from a running job's latest metrics event: openai_fine_tuning_job_<name>.
 LIVE_FIELDS = (*METRIC_FIELDS, "step", "total_steps")
 # The snapshot fields that only the poll-state families read.
 POLL_STATE_FIELDS = ("polled", "up", "last_success", "discovered_total", "errors")
-
-Kind = Literal["gauge", "counter", "info"]
-Group = Literal["stable", "volatile", "poll_state"]
-Sample = tuple[list[str], float | dict[str, str]]  # (label values, value or info labels)
-
-
-@dataclass(frozen=True)
-class Family:
-    """One metric family: `samples(job)` yields the job's samples of it."""
-
-    name: str  # as exposed, without a counter's _total or an info's _info
-    kind: Kind
-    labels: tuple[str, ...]
-    help: str
-    group: Group
-    samples: Callable[[JobSnapshot], Iterable[Sample]]
-    info_labels: tuple[str, ...] = ()  # an info family's own labels, besides `labels`
-
-    @property
-    def exposed_name(self) -> str:
-        """The name docs/metrics.md lists: a counter's with _total, an info's with _info."""
-        return self.name + {"gauge": "", "counter": "_total", "info": "_info"}[self.kind]
-
-    @property
-    def exposed_type(self) -> str:
-        """The type the text format gives it (an info family is a gauge of value 1 there)."""
-        return "gauge" if self.kind == "info" else self.kind
-
-    @property
-    def exposed_labels(self) -> tuple[str, ...]:
-        return (*self.labels, *self.info_labels)
-
-    def build(self, jobs: Iterable[JobSnapshot]) -> Metric:
-        if self.kind == "info":
-            info = InfoMetricFamily(self.name, self.help, labels=self.labels)
-            for job in jobs:
-                for labels, value in self.samples(job):
-                    assert isinstance(value, dict) and tuple(value) == self.info_labels
-                    info.add_metric(labels, value)
-            return info
-        family = (GaugeMetricFamily if self.kind == "gauge" else CounterMetricFamily)(
-            self.name, self.help, labels=self.labels
-        )
-        for job in jobs:
-            for labels, value in self.samples(job):
-                assert not isinstance(value, dict)
-                family.add_metric(labels, value)
-        return family
-
 
 _METRIC_HELP = {
     "train_loss": "Training loss of the mini-batch at the checkpoint's step, as reported by the API.",
@@ -149,6 +102,9 @@ def _job_info(job: JobSnapshot) -> dict[str, str] | None:
         "fine_tuned_model": job.job.fine_tuned_model or "",
         "suffix": job.job.suffix,
         "account": job.account,
+        "method": job.job.method,
+        "reasoning_effort": job.job.reasoning_effort,
+        "grader_type": job.job.grader_type,
     }
 
 
@@ -167,8 +123,15 @@ def _error_counts(job: JobSnapshot) -> Iterator[Sample]:
         yield [job.job_id, reason], float(count)
 
 
-FAMILIES: tuple[Family, ...] = (
+FAMILIES: tuple[Family | FieldFamilies, ...] = (
     *(_checkpoint_metric(name) for name in METRIC_FIELDS),
+    FieldFamilies(
+        CHECKPOINT_PREFIX,
+        ("job_id", "step"),
+        "{field} at the checkpoint's step, as reported by the API.",
+        "stable",
+        methods.checkpoint_field_samples,
+    ),
     Family(
         CHECKPOINT_PREFIX + "created_timestamp_seconds",
         "gauge",
@@ -207,10 +170,39 @@ FAMILIES: tuple[Family, ...] = (
         "openai_fine_tuning_job",
         "info",
         ("job_id",),
-        "Identity of a job: base model, fine-tuned model (empty until it succeeds), suffix, account.",
+        "Identity of a job: base model, fine-tuned model (empty until it succeeds), suffix, account, "
+        "method (supervised, dpo, reinforcement), and for reinforcement its reasoning_effort and "
+        "grader_type.",
         "stable",
         _per_job(_job_info),
-        info_labels=("model", "fine_tuned_model", "suffix", "account"),
+        info_labels=(
+            "model",
+            "fine_tuned_model",
+            "suffix",
+            "account",
+            "method",
+            "reasoning_effort",
+            "grader_type",
+        ),
+    ),
+    Family(
+        JOB_PREFIX + "hyperparameter",
+        "gauge",
+        ("job_id", "name"),
+        "A numeric hyperparameter of the job's method (n_epochs, batch_size, learning_rate_multiplier, "
+        'beta, compute_multiplier, eval_interval, eval_samples...); one left to "auto" has none.',
+        "stable",
+        methods.hyperparameter_samples,
+    ),
+    Family(
+        JOB_PREFIX + "best_checkpoint_step",
+        "gauge",
+        ("job_id", "metric", "model"),
+        "Step of the checkpoint to deploy, among those listed: lowest full_valid_loss (else valid_loss) "
+        "for supervised and DPO jobs, highest full_valid_mean_reward for reinforcement; metric names "
+        "the field, model the checkpoint's model.",
+        "stable",
+        methods.best_checkpoint_samples,
     ),
     Family(
         "openai_fine_tuning_job_trained_tokens",
@@ -229,6 +221,38 @@ FAMILIES: tuple[Family, ...] = (
         _per_job(_of_document("estimated_finish")),
     ),
     *(_live(name) for name in LIVE_FIELDS),
+    FieldFamilies(
+        JOB_PREFIX,
+        ("job_id",),
+        "Latest {field} of a running job, from its newest metrics event.",
+        "volatile",
+        methods.live_field_samples,
+    ),
+    Family(
+        JOB_PREFIX + "grader_reward_mean",
+        "gauge",
+        ("job_id", "grader", "split"),
+        "Mean reward of a grader on the train or valid samples, from the newest metrics event's scores.",
+        "volatile",
+        methods.grader_reward_samples,
+    ),
+    Family(
+        JOB_PREFIX + "grader_error_rate",
+        "gauge",
+        ("job_id", "grader", "split", "error"),
+        "Share of the samples a grader failed on with this error, from the newest metrics event's errors.",
+        "volatile",
+        methods.grader_error_samples,
+    ),
+    Family(
+        JOB_PREFIX + "step_phase_seconds",
+        "gauge",
+        ("job_id", "phase"),
+        "Seconds the newest metrics event's step spent in a phase (sampling, training, eval, "
+        "full_iteration).",
+        "volatile",
+        methods.phase_samples,
+    ),
     Family(
         "openai_fine_tuning_job_events",
         "counter",
@@ -275,10 +299,27 @@ FAMILIES: tuple[Family, ...] = (
 def job_families(jobs: Iterable[JobSnapshot]) -> list[Metric]:
     """All per-job families, in exposition order, for the given jobs."""
     jobs = list(jobs)
-    return [family.build(jobs) for family in FAMILIES]
+    return [metric for family in FAMILIES for metric in family.build_all(jobs)]
 
 
 def poll_state_families(jobs: Iterable[JobSnapshot]) -> list[Metric]:
     """The families that change with every poll (the last ones of job_families)."""
     jobs = list(jobs)
-    return [family.build(jobs) for family in FAMILIES if family.group == "poll_state"]
+    return [
+        metric for family in FAMILIES if family.group == "poll_state" for metric in family.build_all(jobs)
+    ]
+
+
+def _reserved_fields() -> frozenset[str]:
+    """Field names that would give a metric another family already has (see fields.FieldBudget)."""
+    names = set()
+    for family in FAMILIES:
+        if isinstance(family, Family):
+            for exposed in (family.name, family.exposed_name):
+                for prefix in (CHECKPOINT_PREFIX, JOB_PREFIX):
+                    if exposed.startswith(prefix):
+                        names.add(exposed.removeprefix(prefix))
+    return frozenset(names | {"step", "total_steps"})
+
+
+RESERVED_FIELDS = _reserved_fields()

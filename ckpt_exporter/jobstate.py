@@ -12,7 +12,16 @@ from dataclasses import dataclass, field, replace
 
 from ckpt_exporter.diff import CheckpointDiff, DiffResult
 from ckpt_exporter.events import EventFeed, EventsResult
-from ckpt_exporter.models import NOT_STARTED_STATUSES, TERMINAL_STATUSES, ApiError, FineTuningJob, Rejected
+from ckpt_exporter.families import RESERVED_FIELDS
+from ckpt_exporter.fields import FieldBudget, Skipped
+from ckpt_exporter.models import (
+    NOT_STARTED_STATUSES,
+    TERMINAL_STATUSES,
+    ApiError,
+    CheckpointMetrics,
+    FineTuningJob,
+    Rejected,
+)
 from ckpt_exporter.snapshot import JobSnapshot
 
 # The poller's logger: operators filter on it (docs/operations.md quotes its lines).
@@ -21,6 +30,7 @@ log = logging.getLogger("ckpt_exporter.poller")
 IDLE_STATUSES = NOT_STARTED_STATUSES | {"paused"}  # no new checkpoints: no checkpoint requests
 FINISHED_MARGIN = 60.0  # a full read started this long after finished_at holds every checkpoint
 NOT_FOUND_MAX_BACKOFF = 3600.0
+FIELD_PROBLEMS_KEPT = 1000  # distinct skipped fields remembered (to count and log each once)
 
 
 @dataclass
@@ -37,6 +47,8 @@ class JobState:
     not_found: int = 0  # consecutive 404s
     full_read_at: float | None = None  # when the latest successful full read started
     rejects_logged: set[tuple[str, str]] = field(default_factory=set)  # (list, reason) logged
+    fields: FieldBudget = field(default_factory=lambda: FieldBudget(RESERVED_FIELDS))
+    field_problems: set[tuple[str, str]] = field(default_factory=set)  # (reason, what) counted
 
     @classmethod
     def new(
@@ -159,16 +171,39 @@ class JobState:
                 )
         self.rejects_logged &= reasons | {r for r in self.rejects_logged if r[0] != source}
 
+    def _fields_read(
+        self, snapshot: JobSnapshot, metrics: list[CheckpointMetrics], source: str
+    ) -> JobSnapshot:
+        """Admit the other numeric fields of `metrics` to the job's budget; count and log once each
+        field that is skipped (fields.py)."""
+        problems: list[Skipped] = [m.skipped for m in metrics]
+        problems.append(self.fields.admit(name for m in metrics for name, _ in m.extra))
+        for reason, what in (problem for found in problems for problem in found):
+            if (reason, what) in self.field_problems:
+                continue
+            if len(self.field_problems) < FIELD_PROBLEMS_KEPT:
+                self.field_problems.add((reason, what))
+            self.count(reason)
+            log.warning(
+                "job %s: skipped a field of the %s (%s): %s (counted; logged once)",
+                self.job_id,
+                source,
+                reason,
+                what,
+            )
+        if snapshot.fields != self.fields.admitted:
+            snapshot = replace(snapshot, fields=frozenset(self.fields.admitted))
+        return snapshot
+
     def _events_read(self, snapshot: JobSnapshot, result: EventsResult) -> JobSnapshot:
         self._rejected(result.rejected, "events")
         for event in result.new:
             if event.level in ("warn", "error"):
                 log.info("job %s: %s event: %s", self.job_id, event.level, event.message[:200])
-        return replace(
-            snapshot,
-            live=self.events.latest_metrics,
-            event_counts=tuple(sorted(self.events.counts.items())),
-        )
+        live = self.events.latest_metrics
+        if live is not None and live is not snapshot.live:
+            snapshot = self._fields_read(snapshot, [live], "metrics events")
+        return replace(snapshot, live=live, event_counts=tuple(sorted(self.events.counts.items())))
 
     def _checkpoints_read(self, snapshot: JobSnapshot, result: DiffResult, now: float) -> JobSnapshot:
         job_id = self.job_id
@@ -195,6 +230,9 @@ class JobState:
             discovered += len(result.new)
         for checkpoint_id in result.removed:
             log.info("job %s: checkpoint %s is no longer listed by the API", job_id, checkpoint_id)
+        if result.changed:
+            metrics = [c.metrics for c in self.diff.checkpoints()]
+            snapshot = self._fields_read(snapshot, metrics, "checkpoints")
         return replace(
             snapshot,
             checkpoints=self.diff.checkpoints() if result.changed else snapshot.checkpoints,

@@ -14,6 +14,7 @@ validate one raw item and raise pydantic's ValidationError.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass as plain_dataclass
 from typing import Annotated, Any
 
@@ -26,8 +27,12 @@ from pydantic import (
     StrictStr,
     TypeAdapter,
     ValidationError,
+    model_validator,
 )
 from pydantic.dataclasses import dataclass
+
+from ckpt_exporter import fields
+from ckpt_exporter.fields import Numbers, Skipped
 
 # Strictness is per field (Strict* types): a strict config would refuse dicts for dataclasses.
 KEPT = ConfigDict(extra="ignore", allow_inf_nan=False)
@@ -44,9 +49,21 @@ METRIC_FIELDS = (
 )
 
 
+# Filled by the validators from the other fields of the same object, never taken from the API.
+_DERIVED = frozenset({"extra", "skipped", "grader_rewards", "grader_errors", "phases"})
+
+
+def _known(cls: type) -> frozenset[str]:
+    return frozenset(f.name for f in dataclasses.fields(cls)) - _DERIVED
+
+
 @dataclass(config=KEPT, frozen=True, slots=True)
 class CheckpointMetrics:
-    """Every field is optional: absent or null means "not reported", never zero."""
+    """Every field is optional: absent or null means "not reported", never zero.
+
+    The known fields are strict (a loss sent as a string rejects the checkpoint); every other
+    numeric field is kept in `extra`, and those that cannot be metric names in `skipped`.
+    """
 
     step: StrictFloat | None = None
     train_loss: StrictFloat | None = None
@@ -55,6 +72,27 @@ class CheckpointMetrics:
     valid_mean_token_accuracy: StrictFloat | None = None
     full_valid_loss: StrictFloat | None = None
     full_valid_mean_token_accuracy: StrictFloat | None = None
+    extra: Numbers = ()
+    skipped: Skipped = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split_fields(cls, raw: Any) -> Any:
+        if not isinstance(raw, dict):
+            return raw  # pydantic says what is wrong with it
+        known = _known(cls)
+        extra, skipped = fields.top_level_numbers(raw, known)
+        return {**{k: raw[k] for k in known if k in raw}, "extra": extra, "skipped": skipped}
+
+    def value(self, name: str) -> float | None:
+        """A field's number, known or extra."""
+        if name in _KNOWN_METRICS:
+            found: float | None = getattr(self, name)
+            return found
+        return next((value for field, value in self.extra if field == name), None)
+
+
+_KNOWN_METRICS = frozenset(METRIC_FIELDS)
 
 
 @dataclass(config=KEPT, frozen=True, slots=True)
@@ -112,6 +150,37 @@ class FineTuningJob:
     estimated_finish: StrictInt | None = None
     user_provided_suffix: StrictStr | None = None
     metadata: dict[StrictStr, StrictStr] | None = None
+    # From `method` (read leniently: its shape varies by method and changes): see _method().
+    method: StrictStr = "supervised"
+    hyperparameters: Numbers = ()
+    reasoning_effort: StrictStr = ""
+    grader_type: StrictStr = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _method(cls, raw: Any) -> Any:
+        """method {type, <type>: {hyperparameters, grader}} -> method, numeric hyperparameters,
+        reasoning_effort and the grader's type. A job without `method` is supervised, with the
+        top-level `hyperparameters` of the older API."""
+        if not isinstance(raw, dict):
+            return raw
+        method = raw.get("method")
+        kind = method.get("type") if isinstance(method, dict) else None
+        if not isinstance(kind, str) or fields.name_problem(kind) is not None or len(kind) > 32:
+            kind = "supervised" if method is None else "unknown"
+        details = method.get(kind) if isinstance(method, dict) else None
+        details = details if isinstance(details, dict) else {}
+        hyperparameters = details.get("hyperparameters", raw.get("hyperparameters"))
+        effort = hyperparameters.get("reasoning_effort") if isinstance(hyperparameters, dict) else None
+        grader = details.get("grader")
+        grader_type = grader.get("type") if isinstance(grader, dict) else None
+        return {
+            **{k: v for k, v in raw.items() if k not in ("method", "hyperparameters")},
+            "method": kind,
+            "hyperparameters": fields.numeric_hyperparameters(hyperparameters),
+            "reasoning_effort": effort[:32] if isinstance(effort, str) else "",
+            "grader_type": grader_type[:32] if isinstance(grader_type, str) else "",
+        }
 
     @property
     def suffix(self) -> str:
@@ -132,10 +201,30 @@ def parse_job(raw: Any) -> FineTuningJob:
 
 @dataclass(config=KEPT, frozen=True, slots=True)
 class MetricsEventData(CheckpointMetrics):
-    """The data of a `metrics` event: a checkpoint's metric fields, an integer step, total_steps."""
+    """The data of a `metrics` event: a checkpoint's metric fields, an integer step, total_steps,
+    and reinforcement fine-tuning's nested parts (see fields.py)."""
 
     step: StrictInt | None = None
     total_steps: StrictInt | None = None
+    grader_rewards: tuple[tuple[str, str, float], ...] = ()  # (grader, split, mean reward)
+    grader_errors: tuple[tuple[str, str, str, float], ...] = ()  # (grader, split, error, rate)
+    phases: Numbers = ()  # (phase, seconds) of the step
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split_fields(cls, raw: Any) -> Any:  # replaces the parent validator of that name
+        if not isinstance(raw, dict):
+            return raw
+        known = _known(cls)
+        extra, skipped = fields.top_level_numbers(raw, known)
+        return {
+            **{k: raw[k] for k in known if k in raw},
+            "extra": extra,
+            "skipped": skipped + fields.too_many_graders(raw.get("scores"), raw.get("errors")),
+            "grader_rewards": fields.grader_rewards(raw.get("scores")),
+            "grader_errors": fields.grader_errors(raw.get("errors")),
+            "phases": fields.step_phases(raw.get("timing")),
+        }
 
 
 _metrics_event_data = TypeAdapter(MetricsEventData)

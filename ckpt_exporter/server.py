@@ -1,6 +1,12 @@
-"""The HTTP server: /metrics, /healthz, /readyz, in threads of its own, optionally TLS and basic auth.
+"""The HTTP server: /metrics, /healthz, /readyz and / on one or more addresses, with TLS and basic auth.
 
-Serving never waits on the API: the handlers only read what the poller has already published.
+Each listen address has its own listening socket and accept thread; each connection a thread of its
+own, up to `max_connections` per address. At the limit a new connection sheds the connection that has
+been idle longest (a kept-alive one between requests, one still sending its request, or one in its
+TLS handshake), so a flood of silent connections cannot lock Prometheus out; only when every one is
+busy answering is the new one closed. The listen backlog is the system's maximum (SOMAXCONN), not
+socketserver's 5, so a burst of connections is queued instead of waiting for SYN retransmits.
+
 TLS handshakes happen in the connection's own thread, under a timeout, so a slow or silent client
 never holds up the others. While stopping, answers carry `Connection: close` and idle keep-alive
 connections are woken and closed, so a scrape gets an answer or a closed connection, never a hang.
@@ -13,232 +19,214 @@ import logging
 import socket
 import ssl
 import threading
-import time
-from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections import OrderedDict
+from collections.abc import Sequence
+from http.server import ThreadingHTTPServer
 from typing import Any
 
-from prometheus_client.exposition import choose_encoder, gzip_accepted
+from ckpt_exporter.handler import CONNECTION_TIMEOUT_SECONDS, Handler, Rejections
+from ckpt_exporter.routes import MetricsApp
+from ckpt_exporter.webconfig import WebConfig
+from ckpt_exporter.webwatch import LiveWebConfig
 
-from ckpt_exporter.exposition import RenderedJobs
-from ckpt_exporter.selfmetrics import SelfMetrics
-from ckpt_exporter.webconfig import BasicAuth, TlsContexts, WebConfig
+__all__ = ["MAX_CONNECTIONS", "MetricsApp", "MetricsServer"]
 
 log = logging.getLogger(__name__)
 
-# A connection idle this long (between keep-alive requests, or in its TLS handshake) is closed.
-CONNECTION_TIMEOUT_SECONDS = 30.0
-REJECTION_LOG_INTERVAL_SECONDS = 60.0
-
-LANDING_PAGE = b"""<html><head><title>ckpt_exporter</title></head><body>
-<h1>ckpt_exporter</h1><p>OpenAI fine-tuning checkpoint metrics for Prometheus.</p>
-<ul><li><a href="/metrics">/metrics</a></li><li><a href="/healthz">/healthz</a></li>
-<li><a href="/readyz">/readyz</a></li></ul></body></html>
-"""
+MAX_CONNECTIONS = 64  # per listen address; Prometheus (HA pairs included) and the probes need a few
 
 
-class MetricsApp:
-    """What the handlers serve; independent of the HTTP machinery so it can be tested directly."""
+class Connections:
+    """A server's open connections, by client address: the idle ones oldest first, and the busy ones.
 
-    def __init__(self, jobs: RenderedJobs, metrics: SelfMetrics, ready: Callable[[], bool]) -> None:
-        self.jobs = jobs
-        self.metrics = metrics
-        self.ready = ready
+    A connection is idle from its accept to its request read, and again after each answer.
+    """
 
-    def metrics_response(self, accept: str, accept_encoding: str) -> tuple[bytes, dict[str, str]]:
-        _, content_type = choose_encoder(accept)
-        openmetrics = content_type.startswith("application/openmetrics-text")
-        tail = self.metrics.render(openmetrics)
-        headers = {"Content-Type": content_type}
-        if gzip_accepted(accept_encoding):
-            headers["Content-Encoding"] = "gzip"
-            return self.jobs.gzip_body(openmetrics, tail), headers
-        return self.jobs.body(openmetrics) + tail, headers
-
-
-class _Rejections:
-    """Counts refused requests by reason; logs a reason at most once a minute (scrapers retry)."""
-
-    def __init__(self, metrics: SelfMetrics, clock: Callable[[], float] = time.monotonic) -> None:
-        self._counter = metrics.http_rejected
-        self._clock = clock
-        self._logged: dict[str, float] = {}
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._idle: OrderedDict[Any, socket.socket] = OrderedDict()
+        self._busy: dict[Any, socket.socket] = {}
         self._lock = threading.Lock()
 
-    def note(self, reason: str, client: str, detail: str, quiet: bool = False) -> None:
-        self._counter.labels(reason).inc()
-        now = self._clock()
+    def admit(self, client: Any, connection: socket.socket) -> tuple[bool, Any]:
+        """Registers a new connection: (admitted, the client whose idle connection was shed for it).
+
+        Not admitted only when every connection is busy answering.
+        """
         with self._lock:
-            loud = not quiet and now - self._logged.get(reason, -1e18) >= REJECTION_LOG_INTERVAL_SECONDS
-            if loud:
-                self._logged[reason] = now
-        if loud:
-            log.warning(
-                "refused a request from %s (%s): %s; more within %gs are only counted "
-                "(ckpt_exporter_http_rejected_total)",
-                client,
-                reason,
-                detail,
-                REJECTION_LOG_INTERVAL_SECONDS,
-            )
-        else:
-            log.debug("refused a request from %s (%s): %s", client, reason, detail)
+            shed = None
+            if len(self._idle) + len(self._busy) >= self._limit:
+                if not self._idle:
+                    return False, None
+                shed, oldest = self._idle.popitem(last=False)
+                _shutdown(oldest, socket.SHUT_RDWR)
+            self._idle[client] = connection
+            return True, shed
+
+    def busy(self, client: Any) -> None:
+        with self._lock:
+            connection = self._idle.pop(client, None)
+            if connection is not None:
+                self._busy[client] = connection
+
+    def idle(self, client: Any) -> None:
+        with self._lock:
+            connection = self._busy.pop(client, None)
+            if connection is not None:
+                self._idle[client] = connection
+
+    def remove(self, client: Any) -> None:
+        with self._lock:
+            self._idle.pop(client, None)
+            self._busy.pop(client, None)
+
+    def wake_all(self) -> None:
+        """Every handler blocked reading a next request sees the end of it and closes."""
+        with self._lock:
+            for connection in (*self._idle.values(), *self._busy.values()):
+                _shutdown(connection, socket.SHUT_RD)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    app: MetricsApp
-    auth: BasicAuth | None = None
-    open_paths: frozenset[str] = frozenset()
-    extra_headers: dict[str, str] = {}
-    server: _Server
-    protocol_version = "HTTP/1.1"
-    server_version = "ckpt_exporter"
-    timeout = CONNECTION_TIMEOUT_SECONDS
-
-    def do_GET(self) -> None:
-        path = self.path.split("?", 1)[0]
-        if (
-            self.auth is not None
-            and path not in self.open_paths
-            and not self.auth.check(self.headers.get("Authorization"))
-        ):
-            detail = "wrong user or password" if self.headers.get("Authorization") else "no credentials"
-            self.server.rejections.note("unauthorized", self.client_address[0], detail)
-            self._send(
-                401,
-                b"Unauthorized\n",
-                {
-                    "Content-Type": "text/plain; charset=utf-8",
-                    "WWW-Authenticate": 'Basic realm="ckpt_exporter"',
-                },
-            )
-        elif path == "/metrics":
-            body, headers = self.app.metrics_response(
-                self.headers.get("Accept", ""), self.headers.get("Accept-Encoding", "")
-            )
-            self._send(200, body, headers)
-        elif path == "/healthz":
-            self._send(200, b"ok\n")
-        elif path == "/readyz":
-            if self.app.ready():
-                self._send(200, b"ready\n")
-            else:
-                self._send(503, b"not ready: not every job has been polled yet\n")
-        elif path == "/":
-            self._send(200, LANDING_PAGE, {"Content-Type": "text/html; charset=utf-8"})
-        else:
-            self._send(404, b"not found\n")
-
-    def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
-        self.send_response(status)
-        for name, value in {
-            **(headers or {"Content-Type": "text/plain; charset=utf-8"}),
-            **self.extra_headers,
-        }.items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(body)))
-        if self.server.stopping:
-            self.send_header("Connection", "close")
-            self.close_connection = True
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s %s", self.address_string(), format % args)
+def _shutdown(connection: socket.socket, how: int) -> None:
+    # The accepted socket itself: TLS runs on a duplicate of it, so this never touches TLS state
+    # under a handler that is writing, and the descriptor stays open until the connection is removed.
+    with contextlib.suppress(OSError):
+        connection.shutdown(how)
 
 
-class _Server(ThreadingHTTPServer):
+class ListeningServer(ThreadingHTTPServer):
+    """One listen address."""
+
     daemon_threads = True
-    tls: TlsContexts | None = None
-    rejections: _Rejections
+    request_queue_size = max(128, socket.SOMAXCONN)
 
-    def __init__(self, address: tuple[str, int], handler: type[_Handler]) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        handler: type[Handler],
+        web: LiveWebConfig | None,
+        rejections: Rejections,
+        max_connections: int,
+    ) -> None:
+        self.address_family = _family(address[0])
         self.stopping = False
-        self._connections: set[socket.socket] = set()
-        self._connections_lock = threading.Lock()
+        self.web = web
+        self.rejections = rejections
+        self.connections = Connections(max_connections)
         super().__init__(address, handler)
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        connection, client = super().get_request()
+        # Answers are one write each (handler.py); without Nagle no write waits for the peer's ACK.
+        connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return connection, client
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        admitted, shed = self.connections.admit(client_address, request)
+        if shed is not None:
+            detail = f"the connection idle longest was closed to make room for one from {client_address[0]}"
+            self.rejections.note("too_many_connections", shed[0], detail)
+        elif not admitted:
+            detail = "every connection is busy answering"
+            self.rejections.note("too_many_connections", client_address[0], detail)
+        return admitted
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         connection = request
-        if self.tls is not None:
-            request.settimeout(CONNECTION_TIMEOUT_SECONDS)
-            try:
-                connection = self.tls.current().wrap_socket(request, server_side=True)
-            except (ssl.SSLError, OSError) as exc:
-                # A client that connects and says nothing (a TCP probe) is no news; a failed
-                # handshake (no client certificate, plain HTTP, an untrusted CA) is.
-                quiet = isinstance(exc, ssl.SSLEOFError | ConnectionError | TimeoutError)
-                reason = getattr(exc, "reason", None) or type(exc).__name__
-                self.rejections.note(
-                    "tls_handshake", client_address[0], f"TLS handshake failed: {reason}", quiet
-                )
-                return
-        with self._connections_lock:
-            self._connections.add(connection)
         try:
-            super().finish_request(connection, client_address)
+            tls = self.web.current().tls if self.web is not None else None
+            if tls is not None:
+                connection = self._handshake(request, client_address, tls.current())
+            if connection is not None:
+                super().finish_request(connection, client_address)
         finally:
-            with self._connections_lock:
-                self._connections.discard(connection)
-            if connection is not request:
+            self.connections.remove(client_address)
+            if connection is not request and connection is not None:
                 connection.close()
 
-    def close_idle_connections(self) -> None:
-        """Wake every handler blocked reading a next request: it sees the end and closes."""
-        with self._connections_lock:
-            connections = list(self._connections)
-        for connection in connections:
-            # socket.socket's own shutdown: SSLSocket.shutdown would tear down its TLS state under a
-            # handler that may still be writing an answer.
-            with contextlib.suppress(OSError):
-                socket.socket.shutdown(connection, socket.SHUT_RD)
+    def _handshake(self, request: socket.socket, client_address: Any, context: ssl.SSLContext) -> Any:
+        request.settimeout(CONNECTION_TIMEOUT_SECONDS)
+        try:
+            # On a duplicate: wrap_socket would detach `request`, which Connections shuts down.
+            return context.wrap_socket(request.dup(), server_side=True)
+        except (ssl.SSLError, OSError) as exc:
+            # A client that connects and says nothing (a TCP probe) is no news; a failed
+            # handshake (no client certificate, plain HTTP, an untrusted CA) is.
+            quiet = isinstance(exc, ssl.SSLEOFError | ConnectionError | TimeoutError)
+            reason = getattr(exc, "reason", None) or type(exc).__name__
+            self.rejections.note("tls_handshake", client_address[0], f"TLS handshake failed: {reason}", quiet)
+            return None
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.debug("error serving %s", client_address[0], exc_info=True)
 
 
 class MetricsServer:
-    """A threading HTTP(S) server bound at construction (so a bad address fails at start)."""
+    """The exporter's HTTP(S) server, bound at construction (so a bad address fails at start).
 
-    def __init__(self, app: MetricsApp, address: str, port: int, web_config: WebConfig | None = None) -> None:
-        web = web_config or WebConfig()
-        handler = type(
-            "Handler",
-            (_Handler,),
-            {
-                "app": app,
-                "auth": BasicAuth(web.users) if web.users else None,
-                "open_paths": web.auth_excluded_paths,
-                "extra_headers": dict(web.headers),
-            },
-        )
-        server_class = type(
-            "Server",
-            (_Server,),
-            {
-                "address_family": _family(address),
-                "tls": TlsContexts(web.tls) if web.tls is not None else None,
-                "rejections": _Rejections(app.metrics),
-            },
-        )
-        self.scheme = web.scheme
-        self._server: _Server = server_class((address, port), handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, name="http", daemon=True)
+    `listen`: (host, port) pairs, `("0.0.0.0", 9842)` or `("::1", 0)` (0: any free port; `addresses`
+    then says which). Every address serves the same app with the same web config. An address that
+    cannot be bound: OSError whose strerror names it (`cannot listen on [::1]:9842: Address already
+    in use`), the others closed.
+    """
+
+    def __init__(
+        self,
+        app: MetricsApp,
+        listen: Sequence[tuple[str, int]],
+        web_config: WebConfig | None = None,
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> None:
+        web = LiveWebConfig(web_config) if web_config is not None else None
+        handler = type("Handler", (Handler,), {"app": app, "web": web})
+        self.scheme = web.scheme if web is not None else "http"
+        self.telemetry_path = app.telemetry_path
+        rejections = Rejections(app)
+        self._servers: list[ListeningServer] = []
+        for host, port in listen:
+            try:
+                self._servers.append(ListeningServer((host, port), handler, web, rejections, max_connections))
+            except OSError as exc:
+                for server in self._servers:
+                    server.server_close()
+                named = f"cannot listen on {_host(host)}:{port}: {exc.strerror or exc}"
+                raise OSError(exc.errno, named) from None
+        self._threads = [
+            threading.Thread(target=server.serve_forever, name=f"http-{index}", daemon=True)
+            for index, server in enumerate(self._servers)
+        ]
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        """The (host, port) each listening socket is bound to, in the order given."""
+        return [(str(server.server_address[0]), int(server.server_address[1])) for server in self._servers]
 
     @property
     def port(self) -> int:
-        return int(self._server.server_address[1])
+        """The first address' port."""
+        return self.addresses[0][1]
+
+    def urls(self) -> list[str]:
+        """`http://0.0.0.0:9842/metrics`, `https://[::1]:9842/metrics`: where each socket serves metrics."""
+        return [f"{self.scheme}://{_host(host)}:{port}{self.telemetry_path}" for host, port in self.addresses]
 
     def start(self) -> None:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
 
     def stop(self) -> None:
-        self._server.stopping = True
-        if self._thread.is_alive():
-            self._server.shutdown()
-        self._server.close_idle_connections()
-        self._server.server_close()
+        for server in self._servers:
+            server.stopping = True
+        for server, thread in zip(self._servers, self._threads, strict=True):
+            if thread.is_alive():
+                server.shutdown()
+            server.connections.wake_all()
+            server.server_close()
 
 
-def _family(address: str) -> Any:
-    return socket.AF_INET6 if ":" in address else socket.AF_INET
+def _family(host: str) -> int:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def _host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

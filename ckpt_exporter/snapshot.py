@@ -25,6 +25,7 @@ class JobSnapshot:
     account: str = "default"
     live: MetricsEventData | None = None  # the latest metrics event of a running job
     event_counts: tuple[tuple[str, int], ...] = ()  # (level, count) since the first events read
+    fields: frozenset[str] = frozenset()  # the other numeric fields this job may export (fields.py)
 
     @property
     def latest_step(self) -> int | None:

@@ -14,7 +14,8 @@ format (`--web.config.file` of node_exporter and friends), so an existing file w
 Both are off without a file (or with an empty one). The file is checked at start, with a one-line
 error that names the bad key. Every path needs the password when basic auth is on, as in the toolkit;
 `auth_excluded_paths` (also the toolkit's) lets kubelet probes reach /healthz and /readyz without it.
-Certificates are re-read when their files change (cert-manager renewals), without a restart.
+This module reads and checks the file; webtls.py re-reads certificates when they change (cert-manager
+renewals), webauth.py checks passwords, webwatch.py re-reads this file when it changes.
 
 What the toolkit has and Python's ssl module cannot do (accept a client certificate without verifying
 it: RequestClientCert, RequireAnyClientCert), and the toolkit's Go-specific tuning (cipher_suites,
@@ -24,25 +25,13 @@ rather than ignored.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import hmac
-import logging
 import re
-import secrets
 import ssl
-import threading
-from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import bcrypt
 import yaml
-
-log = logging.getLogger(__name__)
 
 CLIENT_AUTH_TYPES = {
     "NoClientCert": ssl.CERT_NONE,
@@ -93,10 +82,6 @@ _KNOWN = {
     "http_server_config": {"http2", "headers"},
 }
 BCRYPT_HASH = re.compile(r"^\$2[aby]\$(0[4-9]|[12]\d|3[01])\$[./A-Za-z0-9]{53}$")
-# A bcrypt hash (cost 10) of a random string: checked when the user is unknown, so that an unknown
-# user costs as much time as a wrong password and user names cannot be found by timing.
-_DUMMY_HASH = b"$2b$10$CzSK/G9G/WdkkQeTVTPfb.6DEgHI.xTuuDKj1d5jHV6l4ygjkmFle"
-AUTH_CACHE_SIZE = 256
 
 
 class WebConfigError(Exception):
@@ -258,6 +243,8 @@ def _headers(raw: dict[str, Any]) -> dict[str, str]:
         allowed = EXTRA_HEADERS[name]
         if not isinstance(value, str) or (allowed is not None and value not in allowed):
             raise WebConfigError(f"http_server_config.headers.{name}: must be one of {allowed}")
+        if any(ord(char) < 0x20 or ord(char) == 0x7F for char in value):
+            raise WebConfigError(f"http_server_config.headers.{name}: a control character (a line break?)")
     return dict(headers)
 
 
@@ -290,112 +277,3 @@ def _ssl_reason(exc: OSError | ssl.SSLError) -> str:
     if isinstance(exc, ssl.SSLError):
         return exc.reason or str(exc)
     return exc.strerror or str(exc)
-
-
-class TlsContexts:
-    """The server's SSLContext, rebuilt when a certificate, key or CA file changes.
-
-    A renewal half written (a key that does not match yet) keeps the previous context, with a warning.
-    """
-
-    def __init__(self, tls: TlsSettings) -> None:
-        self._tls = tls
-        self._lock = threading.Lock()
-        self._stamps = self._stat()
-        self._context = build_tls_context(tls)
-
-    def _stat(self) -> tuple[tuple[int, int, int] | None, ...]:
-        stamps: list[tuple[int, int, int] | None] = []
-        for path in self._tls.files():
-            try:
-                stat = path.stat()
-            except OSError:
-                stamps.append(None)
-            else:
-                stamps.append((stat.st_mtime_ns, stat.st_ino, stat.st_size))
-        return tuple(stamps)
-
-    def current(self) -> ssl.SSLContext:
-        stamps = self._stat()
-        with self._lock:
-            if stamps != self._stamps:
-                self._stamps = stamps
-                try:
-                    self._context = build_tls_context(self._tls)
-                except WebConfigError as exc:
-                    log.warning("TLS files changed but cannot be used, keeping the previous ones: %s", exc)
-                else:
-                    log.info("TLS certificate files changed: new connections use them")
-            return self._context
-
-
-# -- basic auth ------------------------------------------------------------------------------
-
-
-class BasicAuth:
-    """Checks `Authorization: Basic ...` against bcrypt hashes, caching the outcome.
-
-    bcrypt is slow on purpose (~100 ms at cost 10-12); Prometheus scrapes every few seconds with
-    the same credentials, so each (user, hash, password) is checked once and its result kept,
-    under an HMAC with a per-process key (the cache never holds a password). One bcrypt check runs
-    at a time, so that a flood of bad passwords cannot take every core.
-    """
-
-    def __init__(
-        self,
-        users: dict[str, str],
-        cache_size: int = AUTH_CACHE_SIZE,
-        checkpw: Callable[[bytes, bytes], bool] = bcrypt.checkpw,
-    ) -> None:
-        self._checkpw = checkpw
-        self._users = {user: hashed.encode() for user, hashed in users.items()}
-        self._cache: OrderedDict[bytes, bool] = OrderedDict()
-        self._cache_size = cache_size
-        self._cache_key = secrets.token_bytes(32)
-        self._lock = threading.Lock()
-        self._bcrypt = threading.Lock()
-
-    def check(self, authorization: str | None) -> bool:
-        credentials = _parse_basic(authorization)
-        if credentials is None:
-            return False
-        user, password = credentials
-        hashed = self._users.get(user)
-        digest = hmac.new(
-            self._cache_key, b"\0".join((user.encode(), hashed or b"", password)), hashlib.sha256
-        ).digest()
-        with self._lock:
-            cached = self._cache.get(digest)
-            if cached is not None:
-                self._cache.move_to_end(digest)
-                return cached
-        with self._bcrypt:
-            try:
-                matches = self._checkpw(password, hashed if hashed is not None else _DUMMY_HASH)
-            except ValueError:
-                matches = False
-        ok = hashed is not None and matches
-        with self._lock:
-            self._cache[digest] = ok
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
-        return ok
-
-
-def _parse_basic(authorization: str | None) -> tuple[str, bytes] | None:
-    if not authorization:
-        return None
-    scheme, _, encoded = authorization.partition(" ")
-    if scheme.lower() != "basic":
-        return None
-    try:
-        decoded = base64.b64decode(encoded.strip(), validate=True)
-    except (binascii.Error, ValueError):
-        return None
-    user, sep, password = decoded.partition(b":")
-    if not sep:
-        return None
-    try:
-        return user.decode("utf-8"), password
-    except UnicodeDecodeError:
-        return None

@@ -199,6 +199,64 @@ def expected_samples(api: Any, jobs: list[str]) -> Samples:
     return expected
 
 
+def expected_best_checkpoint(job_id: str, checkpoints: list[dict[str, Any]], method: str) -> Samples:
+    """openai_fine_tuning_job_best_checkpoint_step, from a fake job's raw checkpoints by the
+    documented rule: the highest full_valid_mean_reward for reinforcement jobs, else the lowest
+    full_valid_loss, else the lowest valid_loss; only checkpoints having the field; ties to the
+    earlier step."""
+    rules = (
+        [("full_valid_mean_reward", max)]
+        if method == "reinforcement"
+        else [("full_valid_loss", min), ("valid_loss", min)]
+    )
+    for field, pick in rules:
+        having = [c for c in checkpoints if type(c["metrics"].get(field)) in (int, float)]
+        if having:
+            value = pick(c["metrics"][field] for c in having)
+            best = min(
+                (c for c in having if c["metrics"][field] == value),
+                key=lambda c: (c["step_number"], c["created_at"]),
+            )
+            labels = {"job_id": job_id, "metric": field, "model": best["fine_tuned_model_checkpoint"]}
+            return {
+                ("openai_fine_tuning_job_best_checkpoint_step", frozenset(labels.items())): best[
+                    "step_number"
+                ]
+            }
+    return {}
+
+
+def expected_job_samples(document: dict[str, Any], account: str = "default") -> Samples:
+    """Status, info (with the method) and hyperparameters of a fake job's document."""
+    job_id = document["id"]
+    method = document.get("method") or {"type": "supervised"}
+    details = method.get(method["type"]) or {}
+    hyperparameters = details.get("hyperparameters", document.get("hyperparameters")) or {}
+    grader = details.get("grader") or {}
+    info = {
+        "job_id": job_id,
+        "model": document["model"],
+        "fine_tuned_model": document["fine_tuned_model"] or "",
+        "suffix": document["user_provided_suffix"] or "",
+        "account": account,
+        "method": method["type"],
+        "reasoning_effort": hyperparameters.get("reasoning_effort", ""),
+        "grader_type": grader.get("type", ""),
+    }
+    expected: Samples = {
+        (
+            "openai_fine_tuning_job_status",
+            frozenset({("job_id", job_id), ("status", document["status"])}),
+        ): 1.0,
+        ("openai_fine_tuning_job_info", frozenset(info.items())): 1.0,
+    }
+    for name, value in hyperparameters.items():
+        if type(value) in (int, float):
+            labels = frozenset({("job_id", job_id), ("name", name)})
+            expected[("openai_fine_tuning_job_hyperparameter", labels)] = value
+    return expected
+
+
 def checkpoint_samples(text: str, jobs: list[str]) -> Samples:
     samples = {
         **parse_samples(text, "openai_fine_tuning_checkpoint_"),
@@ -230,11 +288,20 @@ def query_panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def substitute_grafana_variables(
-    expr: str, job_regex: str, rate_interval: str = "1m", range_: str = "1h"
+    expr: str,
+    job_regex: str,
+    rate_interval: str = "1m",
+    range_: str = "1h",
+    reinforcement_job_regex: str | None = None,
 ) -> str:
-    """What Grafana sends to Prometheus for an expression (also used by the e2e test)."""
+    """What Grafana sends to Prometheus for an expression (also used by the e2e test).
+
+    reinforcement_job (the selected jobs that are reinforcement jobs) defaults to every selected job.
+    """
+    reinforcement = job_regex if reinforcement_job_regex is None else reinforcement_job_regex
     return (
         expr.replace("$__rate_interval", rate_interval)
+        .replace("$reinforcement_job", reinforcement)
         .replace("$__range", range_)
         .replace("$__interval", rate_interval)
         .replace("${job_id}", job_regex)

@@ -30,6 +30,10 @@ EXPECTED_ALERTS = {
     "CkptExporterNoNewCheckpoint": "warning",
     "CkptExporterValidLossRising": "warning",
     "CkptExporterTrainingLossDiverging": "warning",
+    "CkptExporterOverfitting": "warning",
+    "CkptExporterRewardGap": "warning",
+    "CkptExporterGraderErrors": "warning",
+    "CkptExporterRewardFlat": "warning",
 }
 
 

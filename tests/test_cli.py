@@ -303,3 +303,14 @@ def test_a_port_in_use_is_named_at_start() -> None:
         done = run_cli(f"--web.listen-address=127.0.0.1:{port}", env=RUNNABLE)
     assert done.returncode == 1
     assert done.stderr.endswith(f"ckpt-exporter: cannot listen on 127.0.0.1:{port}: Address already in use\n")
+
+
+@pytest.mark.integration
+def test_the_telemetry_path_flag_moves_the_metrics() -> None:
+    exporter = DrainedExporterProcess({}, ["demo", "--web.telemetry-path", "/custom/metrics"])
+    try:
+        assert serves(exporter.url + "/custom/metrics")
+        assert "openai_fine_tuning_job_info" in httpx.get(exporter.url + "/custom/metrics").text
+        assert httpx.get(exporter.url + "/metrics").status_code == 404
+    finally:
+        exporter.stop()

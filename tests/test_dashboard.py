@@ -28,6 +28,12 @@ COMPOSE_DIR = REPO / "deploy" / "compose"
 
 DATASOURCE_REF = {"type": "prometheus", "uid": "${datasource}"}
 JOB_ID_QUERY = "label_values(ckpt_exporter_job_up, job_id)"
+# The row of each fine-tuning method -> the variable it repeats on (a value only when such jobs exist).
+METHOD_ROWS = {
+    "Supervised fine-tuning": "supervised",
+    "DPO fine-tuning": "dpo",
+    "Reinforcement fine-tuning": "reinforcement",
+}
 
 # Every metric that has a job_id label must be filtered by the job_id variable.
 JOB_SCOPED_METRIC = re.compile(
@@ -61,7 +67,7 @@ def test_identity() -> None:
 
 def test_datasource_variable() -> None:
     variables = {v["name"]: v for v in load_dashboard()["templating"]["list"]}
-    assert list(variables) == ["datasource", "job_id"]
+    assert list(variables) == ["datasource", "job_id", *METHOD_ROWS.values(), "reinforcement_job"]
     ds = variables["datasource"]
     assert ds["type"] == "datasource"
     assert ds["query"] == "prometheus"
@@ -116,7 +122,7 @@ def test_panel_ids_unique_and_layout_fits() -> None:
 
 def test_rows() -> None:
     rows = [p["title"] for p in load_dashboard()["panels"] if p["type"] == "row"]
-    assert rows == ["Checkpoints", "Live training (job events)", "Exporter health"]
+    assert rows == ["Checkpoints", "Live training (job events)", *METHOD_ROWS, "Exporter health"]
 
 
 def test_job_scoped_selectors_use_the_job_id_variable() -> None:
@@ -198,6 +204,21 @@ def test_expected_panels_present() -> None:
         "Trained tokens",
         "Live loss",
         "Live token accuracy",
+        "Best checkpoint",
+        "Overfitting ratio at the latest checkpoint",
+        "Hyperparameters",
+        "Best checkpoint",
+        "Overfitting ratio at the latest checkpoint",
+        "Hyperparameters",
+        "Rewards by checkpoint step: $reinforcement_job",
+        "Live rewards",
+        "Reward by grader",
+        "Train - valid reward gap",
+        "Grader error rates",
+        "Completion and reasoning tokens",
+        "Step phase times",
+        "Best checkpoint",
+        "Hyperparameters",
         "Job polls",
         "Time since the last successful poll",
         "OpenAI API requests by endpoint and code",

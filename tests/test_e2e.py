@@ -10,7 +10,16 @@ import pytest
 
 from ckpt_exporter.fake import FakeApi, FakeApiServer
 from ckpt_exporter.models import METRIC_FIELDS
-from tests.helpers import API_KEY, ExporterProcess, Samples, parse_samples, require_tool, wait_for
+from tests.helpers import (
+    API_KEY,
+    ExporterProcess,
+    Samples,
+    expected_best_checkpoint,
+    expected_job_samples,
+    parse_samples,
+    require_tool,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -88,18 +97,8 @@ def expected_checkpoint_samples(api: FakeApi) -> Samples:
             expected[("openai_fine_tuning_job_latest_step", frozenset({("job_id", job.id)}))] = max(
                 c["step_number"] for c in job.checkpoints
             )
-        document = job.document()
-        expected[
-            ("openai_fine_tuning_job_status", frozenset({("job_id", job.id), ("status", job.status)}))
-        ] = 1.0
-        info = {
-            "job_id": job.id,
-            "model": document["model"],
-            "fine_tuned_model": document["fine_tuned_model"] or "",
-            "suffix": document["user_provided_suffix"] or "",
-            "account": "default",
-        }
-        expected[("openai_fine_tuning_job_info", frozenset(info.items()))] = 1.0
+        expected |= expected_job_samples(job.document())
+        expected |= expected_best_checkpoint(job.id, job.checkpoints, "supervised")
     return expected
 
 

@@ -61,6 +61,16 @@ def test_samples_are_exact_and_absent_fields_have_none() -> None:
             | {("checkpoint_id", "ftjob-a-ckpt-88"), ("model", "ft:gpt-4o-mini:org:sfx:abc:ckpt-step-88")},
         ): 1.0,
         ("openai_fine_tuning_job_latest_step", frozenset({("job_id", "ftjob-a")})): 88.0,
+        (
+            "openai_fine_tuning_job_best_checkpoint_step",
+            frozenset(
+                {
+                    ("job_id", "ftjob-a"),
+                    ("metric", "full_valid_loss"),
+                    ("model", "ft:gpt-4o-mini:org:sfx:abc:ckpt-step-88"),
+                }
+            ),
+        ): 88.0,
         ("ckpt_exporter_job_up", frozenset({("job_id", "ftjob-a")})): 1.0,
         ("ckpt_exporter_job_up", frozenset({("job_id", "ftjob-b")})): 0.0,
         (
@@ -107,7 +117,10 @@ def test_metrics_response_formats_and_gzip() -> None:
     app = MetricsApp(jobs, metrics, ready=lambda: True)
 
     body, headers = app.metrics_response("", "")
-    assert headers == {"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}
+    assert headers == {
+        "Content-Type": "text/plain; version=0.0.4; charset=utf-8",
+        "Vary": "Accept, Accept-Encoding",
+    }
     text = body.decode()
     assert 'ckpt_exporter_build_info{version="' in text
     assert "openai_fine_tuning_checkpoint_train_loss" in text

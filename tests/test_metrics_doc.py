@@ -10,6 +10,7 @@ from pydantic import TypeAdapter
 
 from ckpt_exporter.exposition import ExpositionCache
 from ckpt_exporter.families import FAMILIES
+from ckpt_exporter.metricfamily import Family, FieldFamilies
 from ckpt_exporter.models import Checkpoint, FineTuningJob, MetricsEventData
 from ckpt_exporter.selfmetrics import SelfMetrics
 from ckpt_exporter.server import MetricsApp
@@ -17,6 +18,14 @@ from ckpt_exporter.snapshot import JobSnapshot
 from tests.helpers import REPO
 
 STANDARD_PREFIXES = ("process_", "python_")
+# The numeric fields beyond the supervised ones that docs/metrics.md lists as known.
+CHECKPOINT_REWARDS = ("train_mean_reward", "valid_mean_reward", "full_valid_mean_reward")
+LIVE_RFT = (
+    *CHECKPOINT_REWARDS,
+    "completion_tokens_mean",
+    "reasoning_tokens_mean",
+    "mean_unresponsive_rewards",
+)
 
 
 def documented() -> dict[str, tuple[str, frozenset[str]]]:
@@ -29,8 +38,8 @@ def documented() -> dict[str, tuple[str, frozenset[str]]]:
     return rows
 
 
-def served() -> dict[str, tuple[str, frozenset[str]]]:
-    """Every family the exporter serves, from a state where every metric has samples."""
+def every_metric_snapshot() -> JobSnapshot:
+    """A job in a state where every metric has samples."""
     checkpoint = TypeAdapter(Checkpoint).validate_python(
         {
             "id": "c1",
@@ -45,30 +54,56 @@ def served() -> dict[str, tuple[str, frozenset[str]]]:
                 "valid_mean_token_accuracy": 1.0,
                 "full_valid_loss": 1.0,
                 "full_valid_mean_token_accuracy": 1.0,
+                **dict.fromkeys(CHECKPOINT_REWARDS, 0.5),
             },
         }
     )
-    jobs = ExpositionCache()
     job = TypeAdapter(FineTuningJob).validate_python(
-        {"id": "j", "status": "running", "created_at": 1, "trained_tokens": 5, "estimated_finish": 9}
+        {
+            "id": "j",
+            "status": "running",
+            "created_at": 1,
+            "trained_tokens": 5,
+            "estimated_finish": 9,
+            "method": {
+                "type": "reinforcement",
+                "reinforcement": {
+                    "hyperparameters": {"n_epochs": 2, "reasoning_effort": "low"},
+                    "grader": {"type": "python"},
+                },
+            },
+        }
     )
     live = TypeAdapter(MetricsEventData).validate_python(
-        {**dataclasses.asdict(checkpoint.metrics), "step": 1, "total_steps": 2}
+        {
+            **{k: v for k, v in dataclasses.asdict(checkpoint.metrics).items() if isinstance(v, float)},
+            **dict.fromkeys(LIVE_RFT, 0.5),
+            "step": 1,
+            "total_steps": 2,
+            "scores": {"graders": [{"name": "g", "train_reward_mean": 0.5}]},
+            "errors": {"graders": [{"name": "g", "other_error_mean": 0.0}]},
+            "timing": {"step": {"sampling": 1.0}},
+        }
     )
-    jobs.update(
-        JobSnapshot(
-            "j",
-            (checkpoint,),
-            True,
-            True,
-            1.0,
-            1,
-            (("timeout", 1),),
-            job=job,
-            live=live,
-            event_counts=(("info", 1),),
-        )
+    return JobSnapshot(
+        "j",
+        (checkpoint,),
+        True,
+        True,
+        1.0,
+        1,
+        (("timeout", 1),),
+        job=job,
+        live=live,
+        event_counts=(("info", 1),),
+        fields=frozenset(CHECKPOINT_REWARDS + LIVE_RFT),
     )
+
+
+def served() -> dict[str, tuple[str, frozenset[str]]]:
+    """Every family the exporter serves, from a state where every metric has samples."""
+    jobs = ExpositionCache()
+    jobs.update(every_metric_snapshot())
     metrics = SelfMetrics()
     metrics.poll_duration.observe(1)
     body, _ = MetricsApp(jobs, metrics, lambda: True).metrics_response("", "")
@@ -88,5 +123,21 @@ def test_docs_match_code() -> None:
 
 def test_the_families_table_is_documented_with_each_family_s_type_and_labels() -> None:
     rows = documented()
-    table = {f.exposed_name: (f.exposed_type, frozenset(f.exposed_labels)) for f in FAMILIES}
+    table = {
+        f.exposed_name: (f.exposed_type, frozenset(f.exposed_labels))
+        for f in FAMILIES
+        if isinstance(f, Family)
+    }
     assert {name: rows.get(name) for name in table} == table
+
+
+def test_the_rule_for_every_other_numeric_field_is_documented() -> None:
+    text = (REPO / "docs" / "metrics.md").read_text()
+    patterns = [f for f in FAMILIES if isinstance(f, FieldFamilies)]
+    assert [f.exposed_name for f in patterns] == [
+        "openai_fine_tuning_checkpoint_<field>",
+        "openai_fine_tuning_job_<field>",
+    ]
+    for family in patterns:
+        labels = ", ".join(family.labels)
+        assert f"`{family.exposed_name}{{{labels}}}`" in text

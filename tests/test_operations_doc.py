@@ -32,6 +32,10 @@ def test_every_alert_runbook_has_its_section() -> None:
         "ckptexporternonewcheckpoint",
         "ckptexportervalidlossrising",
         "ckptexportertraininglossdiverging",
+        "ckptexporteroverfitting",
+        "ckptexporterrewardgap",
+        "ckptexportergradererrors",
+        "ckptexporterrewardflat",
     }
     assert wanted <= anchors(), wanted - anchors()
 

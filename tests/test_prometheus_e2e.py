@@ -12,14 +12,11 @@ Needs the `prometheus` binary (Debian package `prometheus`): skipped without it,
 
 from __future__ import annotations
 
-import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import yaml
 
@@ -28,7 +25,6 @@ from ckpt_exporter.fake import FakeApi, FakeApiServer
 from ckpt_exporter.models import METRIC_FIELDS
 from tests.helpers import (
     ExporterProcess,
-    free_port,
     load_dashboard,
     parse_samples,
     query_panels,
@@ -36,11 +32,19 @@ from tests.helpers import (
     substitute_grafana_variables,
     wait_for,
 )
+from tests.promstack import (
+    ALERTS,
+    Labels,
+    Prometheus,
+    Series,
+    prometheus_ready,
+    start_prometheus,
+    stop_process,
+)
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parent.parent
-ALERTS = REPO / "helm" / "ckpt-exporter" / "files" / "alerts.yaml"
 API_KEY = "sk-test"
 
 CHECKPOINT_FIELDS = METRIC_FIELDS
@@ -50,9 +54,6 @@ SELECTED = ("ftjob-e2e-a", "ftjob-e2e-b", "ftjob-e2e-c", "ftjob-e2e-empty", "ftj
 OTHER = "ftjob-e2e-other"
 # What Grafana sends for a multi-value variable: a regex alternation of the selected values.
 JOB_REGEX = "(" + "|".join(SELECTED) + ")"
-
-Labels = frozenset[tuple[str, str]]
-Series = dict[Labels, float]
 
 
 def full(step: int, base: float) -> dict[str, Any]:
@@ -170,88 +171,6 @@ def expected_at_latest(api: FakeApi, field: str) -> Series:
 
 
 # --- processes -------------------------------------------------------------------------------------
-
-
-@dataclass
-class Prometheus:
-    url: str
-    proc: subprocess.Popen[bytes]
-    log: Path
-
-    def query(self, expr: str, what: str = "") -> dict[str, Any]:
-        response = httpx.get(self.url + "/api/v1/query", params={"query": expr}, timeout=10)
-        body: dict[str, Any] = response.json()
-        assert response.status_code == 200 and body["status"] == "success", (what, expr, body)
-        return body
-
-    def query_range(self, expr: str, what: str = "", seconds: int = 30) -> dict[str, Any]:
-        end = time.time()
-        params: dict[str, str | float] = {"query": expr, "start": end - seconds, "end": end, "step": 1}
-        response = httpx.get(self.url + "/api/v1/query_range", params=params, timeout=10)
-        body: dict[str, Any] = response.json()
-        assert response.status_code == 200 and body["status"] == "success", (what, expr, body)
-        return body
-
-    def series(self, expr: str) -> Series:
-        body = self.query(expr)
-        assert body["data"]["resultType"] == "vector", (expr, body)
-        out: Series = {}
-        for item in body["data"]["result"]:
-            labels = frozenset(item["metric"].items())
-            assert labels not in out, f"duplicate series {dict(labels)} for {expr}"
-            out[labels] = float(item["value"][1])
-        return out
-
-    def get(self, path: str) -> Any:
-        body = httpx.get(self.url + path, timeout=10).json()
-        assert body["status"] == "success", body
-        return body["data"]
-
-
-def start_prometheus(binary: str, tmp_path: Path, exporter_port: int) -> Prometheus:
-    port = free_port()
-    config = {
-        "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
-        "rule_files": [str(ALERTS)],
-        "scrape_configs": [
-            {"job_name": "ckpt-exporter", "static_configs": [{"targets": [f"127.0.0.1:{exporter_port}"]}]}
-        ],
-    }
-    config_file = tmp_path / "prometheus.yml"
-    config_file.write_text(yaml.safe_dump(config), encoding="utf-8")
-    log = tmp_path / "prometheus.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={config_file}",
-                f"--storage.tsdb.path={tmp_path / 'data'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-                "--log.level=warn",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    return Prometheus(f"http://127.0.0.1:{port}", proc, log)
-
-
-def stop_process(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-
-
-def prometheus_ready(prom: Prometheus) -> bool:
-    if prom.proc.poll() is not None:
-        raise AssertionError(f"prometheus exited:\n{prom.log.read_text(errors='replace')[-4000:]}")
-    try:
-        return httpx.get(prom.url + "/-/ready", timeout=2).status_code == 200
-    except httpx.TransportError:
-        return False
 
 
 @pytest.fixture
@@ -375,7 +294,7 @@ def test_dashboard_and_alert_queries_against_real_prometheus(
     # Every expression of the dashboard succeeds, as an instant query and (time series panels) as
     # a range query.
     targets = dashboard_targets()
-    assert len(targets) == 43
+    assert len(targets) == 64
     for title, ref, expr, instant in targets:
         prom.query(expr, f"{title} {ref}")
         if not instant:
@@ -386,7 +305,7 @@ def test_dashboard_and_alert_queries_against_real_prometheus(
         prom.query(expr, alert)
     assert wait_for(lambda: all(r.get("lastEvaluation", "").startswith("20") for r in all_rules(prom)), 20)
     rules = all_rules(prom)
-    assert len(rules) == len(rule_exprs()) == 8
+    assert len(rules) == len(rule_exprs()) == 12
     for rule in rules:
         assert rule["health"] == "ok" and not rule.get("lastError"), rule
 

@@ -1,0 +1,190 @@
+"""Every numeric field the API sends, not a fixed list: what becomes a metric, and what is skipped.
+
+A checkpoint's `metrics` and a metrics event's `data` carry the supervised fields the exporter knows
+by name, and whatever else the method reports (reinforcement fine-tuning's rewards, token counts,
+error means...). Each top-level number becomes a gauge named after its field; reinforcement's nested
+parts (`scores.graders[]`, `errors.graders[]`, `timing.step`) become labelled gauges. These shapes are
+documented loosely and change, so parsing is lenient: a part of an unexpected shape gives no series,
+never a rejected checkpoint or event.
+
+A field name becomes part of a metric name, so it must be one (`[a-z][a-z0-9_]*`, at most
+MAX_NAME_LENGTH characters, no suffix Prometheus reserves for counters, histograms and summaries),
+and a job may bring at most MAX_FIELDS_PER_JOB of them: the rest are skipped, with a reason
+(`invalid_field` or `too_many_fields`) that the job's poll counts and logs once.
+
+This module is at the bottom of the import order, with models.py.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+FIELD_NAME = re.compile(r"[a-z][a-z0-9_]*")
+MAX_NAME_LENGTH = 100
+# A gauge named ..._total, ..._count, ..._sum, ..._bucket, ..._created or ..._info would read (and
+# lint, with promtool check metrics) as a part of a counter, histogram, summary or info metric.
+RESERVED_SUFFIXES = ("_total", "_count", "_sum", "_bucket", "_created", "_info")
+MAX_FIELDS_PER_JOB = 64  # distinct exported field names per job, checkpoints and events together
+MAX_GRADERS = 16  # graders per metrics event (their names come from the user's job definition)
+MAX_GRADER_NAME_LENGTH = 100
+MAX_KINDS = 32  # error kinds per grader, phases per step
+SPLITS = ("train", "valid")
+
+INVALID = "invalid_field"
+TOO_MANY = "too_many_fields"
+
+Numbers = tuple[tuple[str, float], ...]  # (field, value), in the API's order
+Skipped = tuple[tuple[str, str], ...]  # (reason, what), for counting and logging
+
+
+def is_number(value: object) -> bool:
+    """A JSON number: booleans are not numbers (True is an int in Python)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def name_problem(name: str) -> str | None:
+    """Why a field name cannot be part of a metric name, or None."""
+    if not FIELD_NAME.fullmatch(name) or len(name) > MAX_NAME_LENGTH:
+        return f"{name[:MAX_NAME_LENGTH]!r} is not a metric name ([a-z][a-z0-9_]*)"
+    if name.endswith(RESERVED_SUFFIXES):
+        return f"{name!r} ends in a suffix Prometheus reserves ({', '.join(RESERVED_SUFFIXES)})"
+    return None
+
+
+def top_level_numbers(raw: Mapping[str, Any], known: Iterable[str]) -> tuple[Numbers, Skipped]:
+    """The numeric fields of `raw` other than `known` ones, and those that cannot be exported."""
+    known = frozenset(known)
+    numbers: list[tuple[str, float]] = []
+    skipped: list[tuple[str, str]] = []
+    for name, value in raw.items():
+        if name in known or not isinstance(name, str) or not is_number(value):
+            continue  # strings, booleans, objects and nulls are not metrics
+        problem = name_problem(name)
+        if problem is None and not math.isfinite(value):
+            problem = f"{name}: not a finite number"
+        if problem is None:
+            numbers.append((name, float(value)))
+        else:
+            skipped.append((INVALID, problem))
+    return tuple(numbers), tuple(skipped)
+
+
+def _graders(part: object) -> list[tuple[str, Mapping[str, Any]]]:
+    """The named entries of a part's `graders` list, at most MAX_GRADERS."""
+    graders = part.get("graders") if isinstance(part, Mapping) else None
+    if not isinstance(graders, list):
+        return []
+    out = []
+    for grader in graders:
+        name = grader.get("name") if isinstance(grader, Mapping) else None
+        if isinstance(name, str) and 0 < len(name) <= MAX_GRADER_NAME_LENGTH:
+            out.append((name, grader))
+    return out
+
+
+def _finite(value: object) -> float | None:
+    return float(value) if is_number(value) and math.isfinite(value) else None  # type: ignore[arg-type]
+
+
+def grader_rewards(scores: object) -> tuple[tuple[str, str, float], ...]:
+    """(grader, split, mean reward) from `scores.graders[]`: {name, train_reward_mean, valid_reward_mean}.
+
+    The top-level spelling (train_mean_reward, valid_mean_reward) is accepted too.
+    """
+    out = []
+    for name, grader in _graders(scores)[:MAX_GRADERS]:
+        for split in SPLITS:
+            value = _finite(grader.get(f"{split}_reward_mean", grader.get(f"{split}_mean_reward")))
+            if value is not None:
+                out.append((name, split, value))
+    return tuple(out)
+
+
+def grader_errors(errors: object) -> tuple[tuple[str, str, str, float], ...]:
+    """(grader, split, error, rate) from the `*_mean` fields of `errors.graders[]`.
+
+    The error is the field's stem (other_error_mean -> other_error). A stem that starts with train_
+    or valid_ names its split; without one the rate is of the training samples (split train).
+    """
+    out = []
+    for name, grader in _graders(errors)[:MAX_GRADERS]:
+        kinds = 0
+        for key, raw in grader.items():
+            value = _finite(raw)
+            if value is None or not isinstance(key, str) or not key.endswith("_mean"):
+                continue
+            stem = key.removesuffix("_mean")
+            prefix, _, rest = stem.partition("_")
+            split, error = (prefix, rest) if prefix in SPLITS and rest else ("train", stem)
+            if name_problem(error) is None and kinds < MAX_KINDS:
+                kinds += 1
+                out.append((name, split, error, value))
+    return tuple(out)
+
+
+def step_phases(timing: object) -> Numbers:
+    """(phase, seconds) from `timing.step`: {sampling, training, eval, full_iteration, ...}."""
+    step = timing.get("step") if isinstance(timing, Mapping) else None
+    if not isinstance(step, Mapping):
+        return ()
+    out = []
+    for phase, raw in step.items():
+        value = _finite(raw)
+        if value is not None and isinstance(phase, str) and name_problem(phase) is None:
+            out.append((phase, value))
+    return tuple(out[:MAX_KINDS])
+
+
+def too_many_graders(*parts: object) -> Skipped:
+    """A `too_many_fields` entry for each part that names more than MAX_GRADERS graders."""
+    return tuple(
+        (TOO_MANY, f"{len(graders)} graders, more than {MAX_GRADERS}")
+        for graders in map(_graders, parts)
+        if len(graders) > MAX_GRADERS
+    )
+
+
+def numeric_hyperparameters(hyperparameters: object) -> Numbers:
+    """The numeric hyperparameters; "auto" (or any other string) gives none."""
+    if not isinstance(hyperparameters, Mapping):
+        return ()
+    out = []
+    for name, raw in hyperparameters.items():
+        value = _finite(raw)
+        if value is not None and isinstance(name, str) and name_problem(name) is None:
+            out.append((name, value))
+    return tuple(out[:MAX_KINDS])
+
+
+class FieldBudget:
+    """The field names one job may export: the first MAX_FIELDS_PER_JOB it brings, kept for good.
+
+    `reserved` are the names that would make another metric's name (of the checkpoint's or of the
+    job's prefix: refused under both, so that a name admitted for one never collides in the
+    other). `admit` returns what it refused, once per name, for the job to count and log.
+    """
+
+    def __init__(self, reserved: Iterable[str], limit: int = MAX_FIELDS_PER_JOB) -> None:
+        self.reserved = frozenset(reserved)
+        self.limit = limit
+        self.admitted: set[str] = set()
+        self._refused: set[str] = set()
+
+    def admit(self, names: Iterable[str]) -> Skipped:
+        refused = []
+        for name in names:
+            if name in self.admitted or name in self._refused:
+                continue
+            if name in self.reserved:
+                refused.append((INVALID, f"{name!r} is the name of another metric"))
+            elif len(self.admitted) >= self.limit:
+                refused.append((TOO_MANY, f"{name!r}: the job already exports {self.limit} fields"))
+            else:
+                self.admitted.add(name)
+                continue
+            if len(self._refused) < 10 * self.limit:  # bounded memory; beyond, counted again
+                self._refused.add(name)
+        return tuple(refused)

@@ -1,0 +1,153 @@
+"""Which numeric fields become metrics (fields.py), through the models that read them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from ckpt_exporter.families import RESERVED_FIELDS
+from ckpt_exporter.fields import MAX_FIELDS_PER_JOB, MAX_GRADERS, FieldBudget
+from ckpt_exporter.models import parse_checkpoint, parse_job, parse_metrics_event_data
+
+
+def checkpoint_metrics(metrics: dict[str, Any]) -> Any:
+    parsed = parse_checkpoint(
+        {"id": "c", "created_at": 1, "fine_tuning_job_id": "j", "step_number": 1, "metrics": metrics}
+    )
+    assert not isinstance(parsed, ValidationError), parsed
+    return parsed.metrics
+
+
+def test_every_other_number_is_kept_and_the_known_fields_stay_strict() -> None:
+    metrics = checkpoint_metrics(
+        {"step": 1, "train_loss": 0.5, "train_mean_reward": 0.25, "reasoning_tokens_mean": 900, "flag": True}
+    )
+    assert metrics.train_loss == 0.5
+    assert metrics.extra == (("train_mean_reward", 0.25), ("reasoning_tokens_mean", 900.0))
+    assert metrics.skipped == ()
+    assert metrics.value("train_mean_reward") == 0.25 and metrics.value("train_loss") == 0.5
+    for bad in ("0.5", True):
+        rejected = parse_checkpoint(
+            {
+                "id": "c",
+                "created_at": 1,
+                "fine_tuning_job_id": "j",
+                "step_number": 1,
+                "metrics": {"valid_loss": bad},
+            }
+        )
+        assert isinstance(rejected, ValidationError)
+
+
+RESERVED = "ends in a suffix Prometheus reserves (_total, _count, _sum, _bucket, _created, _info)"
+
+
+def test_names_that_cannot_be_metric_names_are_skipped_with_a_reason() -> None:
+    metrics = checkpoint_metrics(
+        {"Reward": 1, "a-b": 2, "x_total": 3, "n_bucket": 4, "ok_mean": 5, "big": 1e400}
+    )
+    assert metrics.extra == (("ok_mean", 5.0),)
+    assert metrics.skipped == (
+        ("invalid_field", "'Reward' is not a metric name ([a-z][a-z0-9_]*)"),
+        ("invalid_field", "'a-b' is not a metric name ([a-z][a-z0-9_]*)"),
+        ("invalid_field", f"'x_total' {RESERVED}"),
+        ("invalid_field", f"'n_bucket' {RESERVED}"),
+        ("invalid_field", "big: not a finite number"),
+    )
+
+
+def test_the_nested_parts_of_a_reinforcement_event() -> None:
+    data = parse_metrics_event_data(
+        {
+            "step": 4,
+            "total_steps": 10,
+            "scores": {
+                "graders": [{"name": "g", "train_reward_mean": 0.5, "valid_mean_reward": 0.25}, {"type": "x"}]
+            },
+            "errors": {
+                "graders": [{"name": "g", "other_error_mean": 0.0, "valid_sample_parse_error_mean": 0.5}]
+            },
+            "timing": {"step": {"sampling": 2.0, "eval": "n/a"}},
+        }
+    )
+    assert data.extra == ()
+    assert data.grader_rewards == (("g", "train", 0.5), ("g", "valid", 0.25))
+    assert data.grader_errors == (
+        ("g", "train", "other_error", 0.0),
+        ("g", "valid", "sample_parse_error", 0.5),
+    )
+    assert data.phases == (("sampling", 2.0),)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"scores": [1, 2], "errors": "none", "timing": {"step": [1]}},
+        {"scores": {"graders": {"name": "g"}}, "errors": {"graders": [None, 3]}, "timing": None},
+    ],
+)
+def test_parts_of_another_shape_give_nothing(data: dict[str, Any]) -> None:
+    parsed = parse_metrics_event_data({"step": 1, **data})
+    assert (parsed.grader_rewards, parsed.grader_errors, parsed.phases, parsed.skipped) == ((), (), (), ())
+
+
+def test_the_number_of_graders_is_bounded() -> None:
+    graders = [{"name": f"g{n}", "train_reward_mean": 1.0} for n in range(MAX_GRADERS + 4)]
+    data = parse_metrics_event_data({"scores": {"graders": graders}})
+    assert [grader for grader, _, _ in data.grader_rewards] == [f"g{n}" for n in range(MAX_GRADERS)]
+    assert data.skipped == (("too_many_fields", f"{MAX_GRADERS + 4} graders, more than {MAX_GRADERS}"),)
+
+
+def test_a_job_s_field_budget() -> None:
+    budget = FieldBudget(RESERVED_FIELDS)
+    names = [f"f{n}" for n in range(MAX_FIELDS_PER_JOB + 2)]
+    refused = budget.admit([*names, "info", "status"])
+    assert budget.admitted == set(names[:MAX_FIELDS_PER_JOB])
+    assert refused == (
+        ("too_many_fields", f"'f{MAX_FIELDS_PER_JOB}': the job already exports {MAX_FIELDS_PER_JOB} fields"),
+        (
+            "too_many_fields",
+            f"'f{MAX_FIELDS_PER_JOB + 1}': the job already exports {MAX_FIELDS_PER_JOB} fields",
+        ),
+        ("invalid_field", "'info' is the name of another metric"),
+        ("invalid_field", "'status' is the name of another metric"),
+    )
+    assert budget.admit([*names, "info"]) == ()  # each refusal reported once
+
+
+def test_the_method_of_a_job() -> None:
+    base = {"id": "j", "status": "running", "created_at": 1}
+    legacy = parse_job(
+        {**base, "hyperparameters": {"n_epochs": 3, "batch_size": "auto", "learning_rate_multiplier": 2}}
+    )
+    assert (legacy.method, legacy.hyperparameters) == (
+        "supervised",
+        (("n_epochs", 3.0), ("learning_rate_multiplier", 2.0)),
+    )
+    rft = parse_job(
+        {
+            **base,
+            "hyperparameters": {"n_epochs": 9},
+            "method": {
+                "type": "reinforcement",
+                "reinforcement": {
+                    "hyperparameters": {
+                        "eval_samples": 4,
+                        "reasoning_effort": "high",
+                        "compute_multiplier": "auto",
+                    },
+                    "grader": {"type": "score_model"},
+                },
+            },
+        }
+    )
+    assert (rft.method, rft.hyperparameters, rft.reasoning_effort, rft.grader_type) == (
+        "reinforcement",
+        (("eval_samples", 4.0),),
+        "high",
+        "score_model",
+    )
+    odd = parse_job({**base, "method": {"type": 7, "dpo": "x"}})
+    assert (odd.method, odd.hyperparameters) == ("unknown", ())
