@@ -24,13 +24,16 @@ from ckpt_exporter.api import ApiClient
 from ckpt_exporter.entra import TOKEN_FAILURE_REASONS, EntraAuth, TokenSource
 from ckpt_exporter.exposition import ExpositionCache
 from ckpt_exporter.filestamp import file_stamp
+from ckpt_exporter.listen import bind_address
 from ckpt_exporter.listing import Discovery, Shard
+from ckpt_exporter.logging_setup import set_level
 from ckpt_exporter.poller import Poller
+from ckpt_exporter.reloads import RestartNotices, restart_changes
 from ckpt_exporter.selfmetrics import SelfMetrics
 from ckpt_exporter.server import MetricsApp, MetricsServer
 from ckpt_exporter.settings import AccountSettings, Settings, SettingsError
 from ckpt_exporter.transport import ApiKeyAuth, KeySource, make_http_client
-from ckpt_exporter.webconfig import load_web_config
+from ckpt_exporter.webconfig import WebConfig, load_web_config
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +143,7 @@ def build_account(
         # A job's poll makes up to two requests at once: twice as many polls keep every slot busy.
         max_active_polls=2 * settings.max_concurrency,
         keyless=tokens is not None,
+        base_url=account.api_base_url,
     )
     poller.set_jobs(account.jobs)
     return Account(account.name, http, poller, tokens)
@@ -170,14 +174,23 @@ class Exporter:
         ]
         self.metrics.shard_ordinal.set(settings.shard)
         self.metrics.total_shards.set(settings.total_shards)
-        self.server = MetricsServer(
-            MetricsApp(self.jobs, self.metrics, self.ready, watched_jobs=self.watched_jobs),
-            [(settings.listen_address, settings.listen_port)],
+        self.server = _bind_server(
+            MetricsApp(
+                self.jobs,
+                self.metrics,
+                self.ready,
+                watched_jobs=self.watched_jobs,
+                telemetry_path=settings.web_telemetry_path,
+            ),
+            settings,
             load_web_config(settings.web_config_file) if settings.web_config_file else None,
         )
         self.scheduler = AsyncIOScheduler(timezone=UTC)
         self._on_ready = on_ready
         self._frozen = False
+        self._started = False
+        self._log_level = settings.log_level
+        self._restart_notices = RestartNotices()
 
     @property
     def metrics_url(self) -> str:
@@ -220,7 +233,7 @@ class Exporter:
         stamp = file_stamp(self._config)
         if stamp != self._config_stamp:
             self._config_stamp = stamp
-            self.reload()
+            self.reload("the settings file changed")
         if not self._frozen and self.ready():
             self._freeze()
         for account in self.accounts:
@@ -241,22 +254,34 @@ class Exporter:
         log.debug("%d objects frozen out of the garbage collector's passes", gc.get_freeze_count())
 
     def ready(self) -> bool:
-        return all(account.poller.ready() for account in self.accounts)
+        """Whether start-up is over: every job and discovery attempted once. Once ready, ready for
+        good: a job added by a reload is not a reason to leave the Service (its health is job_up)."""
+        if not self._started:
+            self._started = all(account.poller.ready() for account in self.accounts)
+        return self._started
 
-    def reload(self) -> None:
-        """Re-read the settings and apply the job list; keep the old settings if the new are bad."""
+    def reload(self, reason: str = "SIGHUP") -> None:
+        """Re-read the settings and apply what a reload applies (reloads.py); keep the rest, saying so.
+
+        Bad settings are refused whole: the running ones stay.
+        """
         if self._reload_settings is None:
             return
         try:
             settings = self._reload_settings()
         except SettingsError as exc:
-            log.error("settings not reloaded, keeping the current ones: %s", exc)
+            log.error("settings not reloaded (%s), keeping the current ones: %s", reason, exc)
             return
+        log.info("%s: settings re-read", reason)
+        self._restart_notices.note(restart_changes(self.settings, settings))
+        if settings.log_level != self._log_level:
+            self._log_level = settings.log_level
+            set_level(settings.log_level)
+            log.info("settings reloaded: log_level is now %s", settings.log_level)
         wanted = {account.name: account for account in settings.account_list()}
-        if set(wanted) != {account.name for account in self.accounts}:
-            log.error("settings not reloaded: the accounts changed, which takes a restart")
-            return
         for account in self.accounts:
+            if account.name not in wanted:
+                continue
             jobs = wanted[account.name].jobs
             if jobs != account.poller.configured_job_ids():
                 log.info("settings reloaded: account %s now lists %d job(s)", account.name, len(jobs))
@@ -275,6 +300,12 @@ class Exporter:
                 await account.tokens.close()
         self.server.stop()
         self.jobs.stop()
+
+
+def _bind_server(app: MetricsApp, settings: Settings, web: WebConfig | None) -> MetricsServer:
+    """The server, bound to every listen address as check-config resolved them (OSError naming
+    the address that cannot be bound: a port in use)."""
+    return MetricsServer(app, [bind_address(address) for address in settings.listen_addresses()], web)
 
 
 async def serve(

@@ -1,4 +1,4 @@
-"""Logging: text or JSON lines on stderr, with secrets redacted from every record.
+"""Logging: text, logfmt or JSON lines on stderr, with secrets redacted from every record.
 
 The API key is kept out of log calls in the first place; the redacting filter is defence in depth.
 It sits on the root handler, so it sees every record that is written, from any library (httpx,
@@ -18,6 +18,8 @@ import threading
 from collections.abc import Iterable
 from types import TracebackType
 from typing import Any
+
+from logfmter import Logfmter
 
 REDACTED = "[REDACTED]"
 MIN_SECRET_LENGTH = 6  # shorter strings would redact ordinary words
@@ -99,19 +101,57 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
+class LogfmtFormatter(Logfmter):
+    """logfmt as the exporter-toolkit's `--log.format=logfmt` writes it: time, level, logger, msg.
+
+    Only the redacted message, exception and stack are written: a record's other attributes (what
+    a library passed as `extra`) have not been through the redacting filter.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(
+            keys=["time", "level", "logger"],
+            mapping={"time": "asctime", "level": "levelname", "logger": "name"},
+            datefmt="%Y-%m-%dT%H:%M:%S%z",
+        )
+
+    @classmethod
+    def get_extra(cls, record: logging.LogRecord) -> dict[str, Any]:
+        return {}
+
+
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
+def _formatter(fmt: str) -> logging.Formatter:
+    if fmt == "json":
+        return JsonFormatter()
+    if fmt == "logfmt":
+        return LogfmtFormatter()
+    return logging.Formatter(TEXT_FORMAT)
+
+
 def setup_logging(level: str, fmt: str, secrets: Iterable[str | None] = ()) -> None:
-    """One stderr handler on the root logger, redacting; uncaught exceptions go through it too."""
+    """One stderr handler on the root logger, redacting; uncaught exceptions go through it too.
+
+    fmt is text, logfmt or json; level a logging level name (DEBUG, INFO, WARNING, ERROR).
+    """
     for secret in secrets:
         register_secret(secret)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.setFormatter(_formatter(fmt))
     handler.addFilter(RedactingFilter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
+    logging.getLogger().handlers[:] = [handler]
+    set_level(level)
+    logging.captureWarnings(True)
+    # Tracebacks that nothing caught are written by hooks that bypass logging: route them through it.
+    sys.excepthook = _log_uncaught
+    threading.excepthook = _log_uncaught_in_thread
+
+
+def set_level(level: str) -> None:
+    """The least severe level written (at start, and when a reload changes log_level)."""
+    logging.getLogger().setLevel(level)
     # The HTTP libraries log every request at INFO; keep that for DEBUG.
     for noisy in ("httpx", "httpcore", "apscheduler", "aiohttp"):
         logging.getLogger(noisy).setLevel(level if level == "DEBUG" else "WARNING")
@@ -119,10 +159,6 @@ def setup_logging(level: str, fmt: str, secrets: Iterable[str | None] = ()) -> N
     # the exporter logs one line per cause itself (entra.py).
     for noisy in ("azure", "msal"):
         logging.getLogger(noisy).setLevel(level if level == "DEBUG" else "ERROR")
-    logging.captureWarnings(True)
-    # Tracebacks that nothing caught are written by hooks that bypass logging: route them through it.
-    sys.excepthook = _log_uncaught
-    threading.excepthook = _log_uncaught_in_thread
 
 
 def _log_uncaught(exc_type: type[BaseException], exc: BaseException, traceback: TracebackType | None) -> None:

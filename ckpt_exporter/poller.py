@@ -28,6 +28,7 @@ from ckpt_exporter.api import ApiClient
 from ckpt_exporter.diff import DiffResult
 from ckpt_exporter.events import EventsResult
 from ckpt_exporter.exposition import ExpositionCache
+from ckpt_exporter.hints import NotFoundHint
 from ckpt_exporter.jobstate import JobState
 from ckpt_exporter.listing import Discovery, Listing, Shard
 from ckpt_exporter.models import TERMINAL_STATUSES, ApiError, FineTuningJob, ListPage, parse_job
@@ -56,6 +57,7 @@ class Poller:
         max_active_polls: int = 64,
         clock: Callable[[], float] = time.time,
         keyless: bool = False,
+        base_url: str = "",
     ) -> None:
         self._client = client
         self._exposition = exposition
@@ -75,6 +77,7 @@ class Poller:
         self._next_discovery = 0.0
         self._discovered_once = discovery is None
         self.auth = AccountAuth(account, keyless)
+        self._not_found_hint = NotFoundHint(account, base_url)
         self._listing = Listing(client, account)
 
     # -- the set of watched jobs -------------------------------------------------------------
@@ -106,6 +109,7 @@ class Poller:
 
     def _untrack(self, job_id: str, why: str) -> None:
         del self._jobs[job_id]
+        self._not_found_hint.forget(job_id)
         self.turns.cancel(job_id)
         self._exposition.remove(job_id)
         self._metrics.jobs.set(len(self._jobs))
@@ -191,6 +195,7 @@ class Poller:
         job.snapshot = snapshot
         if self._jobs.get(job.job_id) is job:  # not removed meanwhile
             self._exposition.update(snapshot)
+            self._not_found_hint.note(job.job_id, job.not_found > 0, len(self._jobs))
 
     # -- one poll ----------------------------------------------------------------------------
 

@@ -57,6 +57,25 @@ def parse_samples(text: str, prefix: str = "") -> Samples:
     return out
 
 
+def clean_environment() -> dict[str, str]:
+    """This process's environment without any of the exporter's or OpenAI's variables."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("CKPT_EXPORTER_", "OPENAI_"))}
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, **kwargs: object
+) -> subprocess.CompletedProcess[str]:
+    """`python -m ckpt_exporter ARGS` to its end, in a clean environment plus env."""
+    return subprocess.run(  # type: ignore[call-overload, no-any-return]
+        [sys.executable, "-m", "ckpt_exporter", *args],
+        env={**clean_environment(), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        **kwargs,
+    )
+
+
 def wait_for(condition: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

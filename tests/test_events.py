@@ -273,7 +273,7 @@ async def test_several_accounts_each_with_its_key_jobs_and_discovery() -> None:
 def test_settings_accounts_and_azure_validation() -> None:
     from ckpt_exporter.settings import SettingsError, load_settings
 
-    needs_resource = r"^invalid setting accounts\[0\]: api_base_url: the azure flavor needs"
+    needs_resource = r"^invalid setting accounts\[0\] \(--accounts\): api_base_url: the azure flavor needs"
     with pytest.raises(SettingsError, match=needs_resource):
         load_settings({"accounts": [{"name": "a", "api_flavor": "azure", "api_key": "k", "jobs": ["j"]}]})
     settings = load_settings(
@@ -285,7 +285,7 @@ def test_settings_accounts_and_azure_validation() -> None:
         }
     )
     with pytest.raises(SettingsError, match="ftjob-1 is listed in two accounts"):
-        settings.require_api_key()
+        settings.check_runnable()
     azure = AccountSettings(name="x", api_flavor="azure", api_base_url="https://r.openai.azure.com/openai")
     assert azure.api_version == "2024-10-21"
     v1 = AccountSettings(name="x", api_flavor="azure", api_base_url="https://r.openai.azure.com/openai/v1")
