@@ -17,19 +17,31 @@ from pathlib import Path
 
 import httpx
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from prometheus_client import disable_created_metrics
 
 from ckpt_exporter import __version__
-from ckpt_exporter.api import ApiClient, ApiKeyAuth, KeySource, make_http_client
-from ckpt_exporter.exposition import RenderedJobs
-from ckpt_exporter.poller import Discovery, Poller, Shard
+from ckpt_exporter.api import ApiClient
+from ckpt_exporter.exposition import ExpositionCache
+from ckpt_exporter.filestamp import file_stamp
+from ckpt_exporter.listing import Discovery, Shard
+from ckpt_exporter.poller import Poller
 from ckpt_exporter.selfmetrics import SelfMetrics
 from ckpt_exporter.server import MetricsApp, MetricsServer
 from ckpt_exporter.settings import AccountSettings, Settings, SettingsError
+from ckpt_exporter.transport import ApiKeyAuth, KeySource, make_http_client
 from ckpt_exporter.webconfig import load_web_config
 
 log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_SECONDS = 5.0
+
+
+def configure_process() -> None:
+    """Process-wide settings of prometheus_client, once at start-up.
+
+    No *_created series: they double the self-metrics and no dashboard or rule uses them.
+    """
+    disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
 def api_headers(account: AccountSettings) -> dict[str, str]:
@@ -66,7 +78,7 @@ class Account:
 
 
 def build_account(
-    account: AccountSettings, settings: Settings, jobs: RenderedJobs, metrics: SelfMetrics
+    account: AccountSettings, settings: Settings, jobs: ExpositionCache, metrics: SelfMetrics
 ) -> Account:
     """OpenAI: Authorization: Bearer KEY. Azure: an api-key header and the api-version parameter."""
     keys = KeySource(account.read_api_key(), account.api_key_file)
@@ -121,9 +133,9 @@ class Exporter:
         self.settings = settings
         self._reload_settings = reload_settings
         self._config = config
-        self._config_stamp = _stamp(config)
+        self._config_stamp = file_stamp(config)
         self.metrics = SelfMetrics()
-        self.jobs = RenderedJobs()
+        self.jobs = ExpositionCache()
         self.accounts = [
             build_account(account, settings, self.jobs, self.metrics) for account in settings.account_list()
         ]
@@ -152,7 +164,7 @@ class Exporter:
         self.jobs.start()
         self.server.start()
         self.scheduler.add_job(
-            self._tick,
+            self.tick,
             "interval",
             seconds=self.settings.poll_interval_seconds,
             next_run_time=datetime.now(UTC),
@@ -171,8 +183,9 @@ class Exporter:
         if self._on_ready is not None:
             self._on_ready(self.metrics_url)
 
-    async def _tick(self) -> None:
-        stamp = _stamp(self._config)
+    async def tick(self) -> None:
+        """One scheduled tick: re-read a changed settings file, then tick every account's poller."""
+        stamp = file_stamp(self._config)
         if stamp != self._config_stamp:
             self._config_stamp = stamp
             self.reload()
@@ -184,8 +197,8 @@ class Exporter:
     def _freeze(self) -> None:
         """Keep what the first poll cycle built out of the garbage collector's full passes.
 
-        At 10,000 jobs the long-lived objects (modules, every job's state) make a full collection
-        take 100-150 ms, with the GIL held: a scrape that arrived meanwhile waited for it. Once
+        With many jobs the long-lived objects (modules, every job's state) make a full collection
+        long, with the GIL held: a scrape that arrived meanwhile waited for it (docs/benchmarks.md). Once
         every job has been read once, they are moved out of its sight (gc.freeze); what is created
         later is collected as usual, and our job state holds no reference cycles, so reference
         counting still frees a frozen object that is replaced or removed.
@@ -230,14 +243,6 @@ class Exporter:
         self.jobs.stop()
 
 
-def _stamp(path: Path | None) -> tuple[int, int] | None:
-    try:
-        stat = path.stat() if path is not None else None
-    except OSError:
-        return None
-    return (stat.st_mtime_ns, stat.st_size) if stat is not None else None
-
-
 async def serve(
     settings: Settings,
     on_ready: Callable[[str], None] | None = None,
@@ -245,6 +250,7 @@ async def serve(
     config: Path | None = None,
 ) -> int:
     """Run until SIGTERM or SIGINT (SIGHUP re-reads the settings); returns the exit code."""
+    configure_process()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -14,50 +14,18 @@ it, too, is one request; the first read of a job walks pages of `page_size`.
 
 from __future__ import annotations
 
-import enum
-import itertools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
 
 from pydantic import ValidationError
 
-from ckpt_exporter.api import ApiError
-from ckpt_exporter.models import Checkpoint, ListPage, parse_checkpoint
+from ckpt_exporter.models import Checkpoint, Rejected, describe, parse_checkpoint
+from ckpt_exporter.pages import FetchPage, Order, PageWalker, learn_order
 
 log = logging.getLogger(__name__)
 
-FetchPage = Callable[[str | None, int], Awaitable[ListPage]]  # (after, limit) -> page
-MAX_PAGES = 10_000  # a safety net far above any real job (OpenAI keeps the last 3 epochs)
 MAX_LIMIT = 100  # the largest `limit` a reconciling read asks for
-T = TypeVar("T")
-
-
-class Order(enum.Enum):
-    NEWEST_FIRST = "newest_first"
-    OLDEST_FIRST = "oldest_first"
-
-
-def learn_order(items: list[Checkpoint]) -> Order | None:
-    """The list's order, if the items show one (at least two different positions, monotonic)."""
-    keys = [item.order_key for item in items]
-    pairs = list(itertools.pairwise(keys))
-    if not pairs:
-        return None
-    if all(a >= b for a, b in pairs) and any(a > b for a, b in pairs):
-        return Order.NEWEST_FIRST
-    if all(a <= b for a, b in pairs) and any(a < b for a, b in pairs):
-        return Order.OLDEST_FIRST
-    return None
-
-
-@dataclass
-class Rejected:
-    """An item of a page we could not use, with a bounded reason (for a metric label)."""
-
-    reason: str
-    detail: str
 
 
 @dataclass
@@ -127,7 +95,7 @@ class CheckpointDiff:
         result.new = [c for c in seen.values() if c.id not in self.known]
         result.removed = [cid for cid in self.known if cid not in seen]
         self.known = seen
-        self.order = learn_order(listed) or self.order
+        self.order = learn_order([c.order_key for c in listed]) or self.order
         self._need_full_read = False
         self._polls_since_full_read = 0
 
@@ -171,50 +139,6 @@ class CheckpointDiff:
         self._polls_since_full_read += 1
 
 
-class PageWalker(Generic[T]):
-    """Walks a list page by page (`after` = last id of the previous page), parsing each item.
-
-    Items that `parse` rejects are reported in `rejected`, the rest of the page is kept. A cursor
-    seen twice, or an empty page that claims more, is a pagination loop.
-    """
-
-    def __init__(
-        self, fetch: FetchPage, after: str | None, limit: int, parse: Callable[[object], T | Rejected]
-    ) -> None:
-        self._fetch = fetch
-        self._after = after
-        self._limit = limit
-        self._parse = parse
-        self._cursors: set[str | None] = {after}
-        self._done = False
-        self.requests = 0
-        self.rejected: list[Rejected] = []
-
-    async def next_page(self) -> list[T] | None:
-        if self._done:
-            return None
-        page = await self._fetch(self._after, self._limit)
-        self.requests += 1
-        valid = []
-        for raw in page.data:
-            item = self._parse(raw)
-            if isinstance(item, Rejected):
-                self.rejected.append(item)
-            else:
-                valid.append(item)
-        if not page.has_more:
-            self._done = True
-            return valid
-        # The cursor is the last id on the page (an unusable item may still carry one).
-        ids = [raw.get("id") for raw in page.data if isinstance(raw, dict)]
-        cursor = next((i for i in reversed(ids) if isinstance(i, str) and i), None)
-        if not isinstance(cursor, str) or cursor in self._cursors or self.requests >= MAX_PAGES:
-            raise ApiError("pagination_loop", "the list claims more pages but gives no new cursor")
-        self._cursors.add(cursor)
-        self._after = cursor
-        return valid
-
-
 def checkpoint_parser(job_id: str) -> Callable[[object], Checkpoint | Rejected]:
     """Validates a checkpoint of `job_id`; anything else is rejected with a bounded reason."""
 
@@ -227,9 +151,3 @@ def checkpoint_parser(job_id: str) -> Callable[[object], Checkpoint | Rejected]:
         return parsed
 
     return parse
-
-
-def describe(error: ValidationError) -> str:
-    first = error.errors()[0]
-    where = ".".join(str(part) for part in first["loc"]) or "item"
-    return f"{where}: {first['msg']}"

@@ -13,39 +13,15 @@ from __future__ import annotations
 
 import collections
 from dataclasses import dataclass, field
-from typing import Any
 
-from pydantic import BaseModel, ConfigDict, StrictInt, TypeAdapter, ValidationError
-from pydantic.dataclasses import dataclass as pydantic_dataclass
+from pydantic import ValidationError
 
-from ckpt_exporter.diff import FetchPage, Order, PageWalker, Rejected, describe
-from ckpt_exporter.models import KEPT, CheckpointMetrics
+from ckpt_exporter.models import JobEvent, MetricsEventData, Rejected, describe, parse_metrics_event_data
+from ckpt_exporter.pages import FetchPage, Order, PageWalker, learn_order
 
 EVENT_LEVELS = ("info", "warn", "error")
 SEEN_MEMORY = 100  # ids of the most recent events kept to recognise them on the next read
 FIRST_READ_MAX_PAGES = 50  # an oldest-first history longer than this is skipped to its end
-
-
-@pydantic_dataclass(config=KEPT, frozen=True, slots=True)
-class MetricsEventData(CheckpointMetrics):
-    """The data of a `metrics` event: a checkpoint's metric fields, an integer step, total_steps."""
-
-    step: StrictInt | None = None
-    total_steps: StrictInt | None = None
-
-
-_metrics_event_data = TypeAdapter(MetricsEventData)
-
-
-class JobEvent(BaseModel):
-    model_config = ConfigDict(strict=True, frozen=True, extra="ignore")
-
-    id: str
-    created_at: int
-    level: str
-    message: str = ""
-    type: str | None = None
-    data: dict[str, Any] | None = None
 
 
 @dataclass
@@ -63,10 +39,7 @@ def _parse_event(raw: object) -> JobEvent | Rejected:
 
 
 def _learn(events: list[JobEvent]) -> Order | None:
-    """The order, if the first and last events of a read differ in time."""
-    if len(events) >= 2 and events[0].created_at != events[-1].created_at:
-        return Order.NEWEST_FIRST if events[0].created_at > events[-1].created_at else Order.OLDEST_FIRST
-    return None
+    return learn_order([event.created_at for event in events])
 
 
 class EventFeed:
@@ -140,7 +113,7 @@ class EventFeed:
             if event.type != "metrics" or event.data is None:
                 continue
             try:
-                out.append((event, _metrics_event_data.validate_python(event.data)))
+                out.append((event, parse_metrics_event_data(event.data)))
             except ValidationError as exc:
                 result.rejected.append(Rejected("invalid_event", describe(exc)))
         return out

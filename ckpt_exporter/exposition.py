@@ -1,6 +1,6 @@
 """Metric families built from snapshots, rendered once per change and served as bytes.
 
-prometheus_client's renderer costs a few microseconds per sample, so rendering every job's series on
+prometheus_client's renderer costs time per sample, so rendering every job's series on
 every scrape would make a scrape cost grow with the number of jobs. Instead each job's series are
 rendered (by prometheus_client, text and OpenMetrics) when its snapshot changes, kept as bytes per
 metric family, and joined when a scrape finds something changed. Only the small block of exporter
@@ -16,169 +16,13 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.core import Metric
 from prometheus_client.exposition import generate_latest as render_text
 from prometheus_client.openmetrics.exposition import generate_latest as render_openmetrics
 from prometheus_client.registry import Collector
 
-from ckpt_exporter.models import METRIC_FIELDS
+from ckpt_exporter.families import FAMILIES, POLL_STATE_FIELDS, job_families, poll_state_families
 from ckpt_exporter.snapshot import JobSnapshot
-
-CHECKPOINT_PREFIX = "openai_fine_tuning_checkpoint_"
-# The live gauges from a running job's latest metrics event: openai_fine_tuning_job_<name>.
-LIVE_FIELDS = (*METRIC_FIELDS, "step", "total_steps")
-
-_METRIC_HELP = {
-    "train_loss": "Training loss of the mini-batch at the checkpoint's step, as reported by the API.",
-    "train_mean_token_accuracy": "Training mean token accuracy at the checkpoint's step.",
-    "valid_loss": "Validation loss of a validation batch at the checkpoint's step.",
-    "valid_mean_token_accuracy": "Validation mean token accuracy at the checkpoint's step.",
-    "full_valid_loss": "Validation loss over the full validation set at the checkpoint's step.",
-    "full_valid_mean_token_accuracy": (
-        "Mean token accuracy over the full validation set at the checkpoint's step."
-    ),
-}
-
-
-def job_families(jobs: Iterable[JobSnapshot]) -> list[Metric]:
-    """All per-job families, in exposition order, for the given jobs."""
-    jobs = list(jobs)
-    step_labels = ["job_id", "step"]
-    metrics = {
-        name: GaugeMetricFamily(CHECKPOINT_PREFIX + name, _METRIC_HELP[name], labels=step_labels)
-        for name in METRIC_FIELDS
-    }
-    created = GaugeMetricFamily(
-        CHECKPOINT_PREFIX + "created_timestamp_seconds",
-        "Unix time at which the checkpoint was created.",
-        labels=step_labels,
-    )
-    info = InfoMetricFamily(
-        "openai_fine_tuning_checkpoint",
-        "Identity of a checkpoint: its id and the name of the checkpoint model.",
-        labels=step_labels,
-    )
-    latest_step = GaugeMetricFamily(
-        "openai_fine_tuning_job_latest_step",
-        "Highest step_number among the job's checkpoints.",
-        labels=["job_id"],
-    )
-    status = GaugeMetricFamily(
-        "openai_fine_tuning_job_status",
-        "1 for the job's current status (validating_files, queued, running, succeeded, failed, "
-        "cancelled, or any other the API reports).",
-        labels=["job_id", "status"],
-    )
-    job_info = InfoMetricFamily(
-        "openai_fine_tuning_job",
-        "Identity of a job: base model, fine-tuned model (empty until it succeeds), suffix, account.",
-        labels=["job_id"],
-    )
-    trained_tokens = GaugeMetricFamily(
-        "openai_fine_tuning_job_trained_tokens",
-        "Billable tokens the job trained on (reported once the job has finished).",
-        labels=["job_id"],
-    )
-    estimated_finish = GaugeMetricFamily(
-        "openai_fine_tuning_job_estimated_finish_timestamp_seconds",
-        "Unix time at which the API estimates a running job will finish.",
-        labels=["job_id"],
-    )
-    live = {
-        name: GaugeMetricFamily(
-            "openai_fine_tuning_job_" + name,
-            f"Latest {name} of a running job, from its newest metrics event.",
-            labels=["job_id"],
-        )
-        for name in LIVE_FIELDS
-    }
-    events = CounterMetricFamily(
-        "openai_fine_tuning_job_events",
-        "Events of the job by level (info, warn, error), since the exporter's first read of them.",
-        labels=["job_id", "level"],
-    )
-    for job in jobs:
-        for checkpoint in job.checkpoints:
-            labels = [job.job_id, str(checkpoint.step_number)]
-            for name in METRIC_FIELDS:
-                value = getattr(checkpoint.metrics, name)
-                if value is not None:
-                    metrics[name].add_metric(labels, value)
-            created.add_metric(labels, float(checkpoint.created_at))
-            info.add_metric(
-                labels,
-                {"checkpoint_id": checkpoint.id, "model": checkpoint.fine_tuned_model_checkpoint or ""},
-            )
-        if job.latest_step is not None:
-            latest_step.add_metric([job.job_id], float(job.latest_step))
-        if job.job is not None:
-            status.add_metric([job.job_id, job.job.status], 1.0)
-            job_info.add_metric(
-                [job.job_id],
-                {
-                    "model": job.job.model or "",
-                    "fine_tuned_model": job.job.fine_tuned_model or "",
-                    "suffix": job.job.suffix,
-                    "account": job.account,
-                },
-            )
-            if job.job.trained_tokens is not None:
-                trained_tokens.add_metric([job.job_id], float(job.job.trained_tokens))
-            if job.job.estimated_finish is not None:
-                estimated_finish.add_metric([job.job_id], float(job.job.estimated_finish))
-        if job.live is not None:
-            for name in LIVE_FIELDS:
-                value = getattr(job.live, name)
-                if value is not None:
-                    live[name].add_metric([job.job_id], float(value))
-        for level, count in job.event_counts:
-            events.add_metric([job.job_id, level], float(count))
-    return [
-        *metrics.values(),
-        created,
-        info,
-        latest_step,
-        status,
-        job_info,
-        trained_tokens,
-        estimated_finish,
-        *live.values(),
-        events,
-        *poll_state_families(jobs),
-    ]
-
-
-POLL_STATE_FIELDS = ("polled", "up", "last_success", "discovered_total", "errors")
-
-
-def poll_state_families(jobs: Iterable[JobSnapshot]) -> list[Metric]:
-    """The families that change with every poll (the last ones of job_families)."""
-    up = GaugeMetricFamily(
-        "ckpt_exporter_job_up", "1 when the latest poll of the job succeeded, else 0.", labels=["job_id"]
-    )
-    last_success = GaugeMetricFamily(
-        "ckpt_exporter_job_last_success_timestamp_seconds",
-        "Unix time of the latest successful poll of the job.",
-        labels=["job_id"],
-    )
-    discovered = CounterMetricFamily(
-        "ckpt_exporter_checkpoints_discovered",
-        "Checkpoints that appeared in the API after the exporter's first read of the job.",
-        labels=["job_id"],
-    )
-    errors = CounterMetricFamily(
-        "ckpt_exporter_api_errors",
-        "Failed polls and unusable API data, by job and reason.",
-        labels=["job_id", "reason"],
-    )
-    for job in jobs:
-        up.add_metric([job.job_id], 1.0 if job.up else 0.0)
-        if job.last_success is not None:
-            last_success.add_metric([job.job_id], job.last_success)
-        discovered.add_metric([job.job_id], float(job.discovered_total))
-        for reason, count in job.errors:
-            errors.add_metric([job.job_id, reason], float(count))
-    return [up, last_success, discovered, errors]
 
 
 class FamiliesCollector(Collector):
@@ -260,12 +104,12 @@ class _Assembled:
         return zlib.decompressobj(31).decompress(self.gzip_prefix)
 
 
-GZIP_LEVEL = 1  # 3-4 times faster than 6 on exposition text, for about a third more bytes
+GZIP_LEVEL = 1  # much faster than 6 on exposition text, for somewhat more bytes
 REBUILD_AT_LEAST_EVERY = 1.0  # seconds: how far a body may lag while changes keep coming
 FORMAT_KEPT_SECONDS = 600.0  # a format nobody asked for this long is no longer rebuilt ahead
 
 
-class RenderedJobs:
+class ExpositionCache:
     """Per-job series rendered once per change, joined into one body per format.
 
     A job's sample lines are the same bytes in the text format and in OpenMetrics (only the family
@@ -276,15 +120,14 @@ class RenderedJobs:
     when a checkpoint appears or a status moves, then the volatile ones (live training metrics,
     event counts, poll state), which change with nearly every poll of a running job. The gzip
     stream of the stable run is kept with its compressor, so a rebuild after polls that changed
-    only volatile families compresses those alone: at 10,000 jobs of which 1,000 run, a tenth of
-    the body.
+    only volatile families compresses those alone.
 
     Thread-safe: the poller updates from the event loop, the HTTP server reads from its threads.
     By default the joined bodies are rebuilt lazily, by the first scrape after a change. Once
     `start()` is called, a background thread rebuilds them instead, once the changes pause (the
     end of a poll cycle) or at least every REBUILD_AT_LEAST_EVERY seconds while they go on, and
     never for more than a tenth of the time; so a scrape never pays for joining or compressing
-    10,000 jobs: it serves the latest body, at most a moment behind.
+    every job: it serves the latest body, at most a moment behind.
     """
 
     FORMATS = (False, True)  # openmetrics?
@@ -298,10 +141,11 @@ class RenderedJobs:
         text_order = split_by_family(render(lambda: job_families([]), False))[0]
         self._position = {name: index for index, name in enumerate(text_order)}
         self._poll_state_from = len(text_order) - len(poll_state_families([]))
-        self._volatile_from = self._position["openai_fine_tuning_job_" + LIVE_FIELDS[0]]
+        self._volatile_from = next(i for i, family in enumerate(FAMILIES) if family.group != "stable")
         assert self._volatile_from < self._poll_state_from, "the volatile families come last"
         self._stable_version = 0  # bumped by a change to a stable family
         self._prefixes: dict[bool, _Prefix] = {}
+        self._prefix_builds = dict.fromkeys(self.FORMATS, 0)
         self._fragments: dict[str, dict[int, bytes]] = {}  # job -> family position -> lines
         self._snapshots: dict[str, JobSnapshot] = {}
         self._assembled: dict[bool, _Assembled] = {}
@@ -380,6 +224,7 @@ class RenderedJobs:
             prefix = _Prefix(stable_version, stable, state)
             with self._lock:
                 self._prefixes[openmetrics] = prefix
+                self._prefix_builds[openmetrics] += 1
         return version, _Assembled.of(prefix, families(range(self._volatile_from, len(headers))))
 
     def _current(self, openmetrics: bool) -> _Assembled:
@@ -403,7 +248,17 @@ class RenderedJobs:
         state = assembled.gzip_state.copy()
         return assembled.gzip_prefix + state.compress(tail) + state.flush()
 
+    def stable_prefix_builds(self, openmetrics: bool) -> int:
+        """How often the stable families' gzip stream was built for a format (it is kept between)."""
+        with self._lock:
+            return self._prefix_builds[openmetrics]
+
     # -- background rebuilds -----------------------------------------------------------------
+
+    @property
+    def rebuilding(self) -> bool:
+        """The background rebuild thread runs."""
+        return self._thread is not None and self._thread.is_alive()
 
     def start(self, debounce: float = 0.25) -> None:
         self._thread = threading.Thread(
@@ -449,3 +304,7 @@ class RenderedJobs:
                     self._assembled[openmetrics] = assembled
             finished = time.monotonic()
             cost = finished - started
+
+
+# The name server.py and its tests knew it by; ExpositionCache says what it is.
+RenderedJobs = ExpositionCache

@@ -1,16 +1,20 @@
-"""The fine-tuning API objects the exporter reads, validated by pydantic.
+"""The fine-tuning API objects the exporter reads, validated by pydantic, and the bounded errors.
+
+This module is the bottom of the import order: it imports nothing of the HTTP stack, so that the
+snapshot and the exposition, which hold these values, never pull it in.
 
 Validation is strict: a loss sent as a string, NaN or Infinity is a malformed checkpoint, never a
 number we would make up. Unknown fields are ignored so that API additions do not break us.
 
 The objects a job keeps between polls (checkpoints, its job document, the latest metrics event)
 are frozen, slotted pydantic dataclasses rather than BaseModels: about 150 bytes a checkpoint
-instead of about 2.5 KB, which is most of the exporter's memory at thousands of jobs. `parse_*`
+instead of a BaseModel's several, which is most of the exporter's memory at thousands of jobs. `parse_*`
 validate one raw item and raise pydantic's ValidationError.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass as plain_dataclass
 from typing import Annotated, Any
 
 from pydantic import (
@@ -110,10 +114,6 @@ class FineTuningJob:
     metadata: dict[StrictStr, StrictStr] | None = None
 
     @property
-    def terminal(self) -> bool:
-        return self.status in TERMINAL_STATUSES
-
-    @property
     def suffix(self) -> str:
         """The user's suffix: given as user_provided_suffix, or the 4th part of ft:base:org:suffix:id."""
         if self.user_provided_suffix:
@@ -128,3 +128,64 @@ _job = TypeAdapter(FineTuningJob)
 def parse_job(raw: Any) -> FineTuningJob:
     """One job document; ValidationError when it is not one."""
     return _job.validate_python(raw)
+
+
+@dataclass(config=KEPT, frozen=True, slots=True)
+class MetricsEventData(CheckpointMetrics):
+    """The data of a `metrics` event: a checkpoint's metric fields, an integer step, total_steps."""
+
+    step: StrictInt | None = None
+    total_steps: StrictInt | None = None
+
+
+_metrics_event_data = TypeAdapter(MetricsEventData)
+
+
+def parse_metrics_event_data(raw: Any) -> MetricsEventData:
+    """The data of a metrics event; ValidationError when it is not one."""
+    return _metrics_event_data.validate_python(raw)
+
+
+class JobEvent(BaseModel):
+    """An item of GET /fine_tuning/jobs/{id}/events."""
+
+    model_config = ConfigDict(strict=True, frozen=True, extra="ignore")
+
+    id: str
+    created_at: int
+    level: str
+    message: str = ""
+    type: str | None = None
+    data: dict[str, Any] | None = None
+
+
+class ApiError(Exception):
+    """A request that failed for good (retries spent, or not retryable).
+
+    `reason` is one of a small fixed set, fit for a metric label. `retry_after` is the wait, in
+    seconds from when the error was raised, that the API asked for (Retry-After, retry-after-ms):
+    no request for the same job should go out before it has passed.
+    """
+
+    def __init__(
+        self, reason: str, message: str, status: int | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.status = status
+        self.retry_after = retry_after
+
+
+@plain_dataclass
+class Rejected:
+    """An item of a page we could not use, with a bounded reason (for a metric label)."""
+
+    reason: str
+    detail: str
+
+
+def describe(error: ValidationError) -> str:
+    """The first problem pydantic found, as `where: what`."""
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "item"
+    return f"{where}: {first['msg']}"

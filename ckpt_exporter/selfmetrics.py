@@ -1,7 +1,8 @@
 """The exporter's own metrics: a small registry rendered on every scrape.
 
 Per-job self-metrics (job_up, last success, errors) live in the job snapshots instead, so that a
-scrape's cost does not grow with the number of jobs.
+scrape's cost does not grow with the number of jobs. The process turns prometheus_client's *_created
+series off once at start-up (app.configure_process).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from prometheus_client import (
     Gauge,
     Histogram,
     Info,
-    disable_created_metrics,
 )
 from prometheus_client.exposition import generate_latest as render_text
 from prometheus_client.openmetrics.exposition import generate_latest as render_openmetrics
@@ -27,8 +27,6 @@ ENDPOINTS = ("checkpoints", "events", "jobs", "job")  # API endpoints the export
 
 class SelfMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        # No *_created series: they double the self-metrics and no dashboard or rule uses them.
-        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = registry or CollectorRegistry(auto_describe=True)
         # The standard process/platform/GC collectors, as prometheus_client's default registry has.
         for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):

@@ -2,7 +2,7 @@
 
 asyncio.Semaphore serves its waiters in arrival order. A walk of the jobs listing is a chain of
 requests (each page's cursor comes from the one before), so in arrival order each of its pages
-would wait behind every checkpoints and events request queued meanwhile: at 1,000 running jobs,
+would wait behind every checkpoints and events request queued meanwhile: with many running jobs,
 ten pages took ten queues' time. Urgent waiters go before the others; among equals, arrival order.
 """
 

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ckpt_exporter.events import MetricsEventData
-from ckpt_exporter.models import Checkpoint, FineTuningJob
+from ckpt_exporter.models import Checkpoint, FineTuningJob, MetricsEventData
 
 
 @dataclass(frozen=True)

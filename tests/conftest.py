@@ -4,9 +4,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from ckpt_exporter.fakeapi import FakeApi, FakeApiServer
+from ckpt_exporter.app import configure_process
+from ckpt_exporter.fake import FakeApi, FakeApiServer
+from tests.helpers import API_KEY
 
-API_KEY = "sk-test-0123456789abcdefSECRET"
+# In-process tests build the exporter's parts as the process does after its start-up.
+configure_process()
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -11,13 +12,18 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from ckpt_exporter.models import METRIC_FIELDS
+
 REPO = Path(__file__).resolve().parent.parent
+DASHBOARD = REPO / "helm" / "ckpt-exporter" / "files" / "dashboard.json"
+API_KEY = "sk-test-0123456789abcdefSECRET"  # the fake API's key in the tests
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
@@ -27,9 +33,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def require_tool(name: str) -> str:
-    """The tool's path; in CI (CI=true) a missing tool fails the test instead of skipping it."""
-    path = shutil.which(name)
+def require_tool(name: str, *installed_at: Path) -> str:
+    """The tool's path: the first of installed_at that runs, else name on PATH.
+
+    In CI (CI=true) a missing tool fails the test instead of skipping it.
+    """
+    path = next((str(p) for p in installed_at if os.access(p, os.X_OK)), None) or shutil.which(name)
     if path is None:
         if os.environ.get("CI") == "true":
             pytest.fail(f"{name} is required in CI but is not installed")
@@ -141,6 +150,78 @@ class DrainedExporterProcess(ExporterProcess):
         self._reader.join(timeout=5)
         self.output = "".join(self._lines)
         return self.output
+
+
+# -- the checkpoint samples a fake API's jobs must give --------------------------------------
+
+
+def metrics_for(job_index: int, step: int) -> dict[str, float]:
+    """Distinct values per job and step, so that a mixed-up sample shows."""
+    base = 0.5 + job_index / 100
+    return {name: round(base + i / 10 + step / 100_000, 6) for i, name in enumerate(METRIC_FIELDS)}
+
+
+def expected_samples(api: Any, jobs: list[str]) -> Samples:
+    """The checkpoint samples the exporter must serve for `jobs` of a fake API (FakeApi)."""
+    expected: Samples = {}
+    for job_id in jobs:
+        checkpoints = api.jobs[job_id].checkpoints
+        for c in checkpoints:
+            labels = {"job_id": job_id, "step": str(c["step_number"])}
+            key = frozenset(labels.items())
+            for name in METRIC_FIELDS:
+                if c["metrics"].get(name) is not None:
+                    expected[(f"openai_fine_tuning_checkpoint_{name}", key)] = c["metrics"][name]
+            expected[("openai_fine_tuning_checkpoint_created_timestamp_seconds", key)] = c["created_at"]
+            info = {**labels, "checkpoint_id": c["id"], "model": c["fine_tuned_model_checkpoint"]}
+            expected[("openai_fine_tuning_checkpoint_info", frozenset(info.items()))] = 1.0
+        if checkpoints:
+            latest = max(c["step_number"] for c in checkpoints)
+            expected[("openai_fine_tuning_job_latest_step", frozenset({("job_id", job_id)}))] = latest
+    return expected
+
+
+def checkpoint_samples(text: str, jobs: list[str]) -> Samples:
+    samples = {
+        **parse_samples(text, "openai_fine_tuning_checkpoint_"),
+        **parse_samples(text, "openai_fine_tuning_job_latest_step"),
+    }
+    return {key: value for key, value in samples.items() if dict(key[1]).get("job_id") in jobs}
+
+
+# -- the Grafana dashboard -------------------------------------------------------------------
+
+
+def load_dashboard() -> dict[str, Any]:
+    with DASHBOARD.open(encoding="utf-8") as f:
+        data: dict[str, Any] = json.load(f)
+    return data
+
+
+def all_panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every panel, including those nested in (collapsed) rows."""
+    out: list[dict[str, Any]] = []
+    for panel in dashboard["panels"]:
+        out.append(panel)
+        out.extend(panel.get("panels", []))
+    return out
+
+
+def query_panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
+    return [p for p in all_panels(dashboard) if p["type"] != "row"]
+
+
+def substitute_grafana_variables(
+    expr: str, job_regex: str, rate_interval: str = "1m", range_: str = "1h"
+) -> str:
+    """What Grafana sends to Prometheus for an expression (also used by the e2e test)."""
+    return (
+        expr.replace("$__rate_interval", rate_interval)
+        .replace("$__range", range_)
+        .replace("$__interval", rate_interval)
+        .replace("${job_id}", job_regex)
+        .replace("$job_id", job_regex)
+    )
 
 
 class PrometheusProcess:

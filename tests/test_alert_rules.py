@@ -7,14 +7,14 @@ promtool comes with Debian's `prometheus` package. Without it these tests are sk
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
 import yaml
+
+from tests.helpers import require_tool
 
 REPO = Path(__file__).resolve().parent.parent
 ALERTS = REPO / "helm" / "ckpt-exporter" / "files" / "alerts.yaml"
@@ -31,15 +31,6 @@ EXPECTED_ALERTS = {
     "CkptExporterValidLossRising": "warning",
     "CkptExporterTrainingLossDiverging": "warning",
 }
-
-
-def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("promtool is required in CI (Debian package: prometheus)")
-        pytest.skip("promtool not installed (Debian package: prometheus)")
-    return path
 
 
 def run(args: list[str], cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
@@ -59,7 +50,7 @@ def rule_test_files() -> list[Path]:
 
 
 def test_promtool_check_rules() -> None:
-    result = run([promtool(), "check", "rules", str(ALERTS)])
+    result = run([require_tool("promtool"), "check", "rules", str(ALERTS)])
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"SUCCESS: {len(alert_rules())} rules found" in result.stdout
 
@@ -67,14 +58,14 @@ def test_promtool_check_rules() -> None:
 def test_promtool_test_rules() -> None:
     files = rule_test_files()
     assert files, "no promtool rule tests in tests/rules"
-    result = run([promtool(), "test", "rules", *map(str, files)])
+    result = run([require_tool("promtool"), "test", "rules", *map(str, files)])
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("SUCCESS") == len(files), result.stdout
 
 
 def test_promtool_check_compose_prometheus_config(tmp_path: Path) -> None:
     # Run from elsewhere: rule_files must resolve relative to the config file, not to the cwd.
-    result = run([promtool(), "check", "config", str(PROMETHEUS_CONFIG)], cwd=tmp_path)
+    result = run([require_tool("promtool"), "check", "config", str(PROMETHEUS_CONFIG)], cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS: 1 rule files found" in result.stdout
     assert f"SUCCESS: {len(alert_rules())} rules found" in result.stdout

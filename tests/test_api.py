@@ -20,16 +20,12 @@ import aiohttp
 import httpx
 import pytest
 
-from ckpt_exporter.api import (
-    MAX_RETRY_AFTER,
-    ApiClient,
-    ApiError,
-    KeySource,
-    backoff_seconds,
-    parse_duration,
-    retry_after_seconds,
-)
+from ckpt_exporter.api import ApiClient
+from ckpt_exporter.gate import RequestGate, rate_budget
 from ckpt_exporter.logging_setup import redact
+from ckpt_exporter.models import ApiError
+from ckpt_exporter.retries import MAX_RETRY_AFTER, backoff_seconds, parse_duration, retry_after_seconds
+from ckpt_exporter.transport import KeySource
 
 PAGE = {"object": "list", "data": [], "has_more": False}
 Answer = httpx.Response | Exception | Callable[[httpx.Request], Any]
@@ -262,10 +258,10 @@ async def test_a_retry_after_holds_every_request_about_that_job_and_only_that_jo
     client, _ = make_client(api, fake_time, max_retries=0)
     with pytest.raises(ApiError):
         await client.list_checkpoints("ftjob-a", after=None, limit=20)
-    await client.get_json("jobs", "fine_tuning/jobs", {"limit": 100})  # the listing: not held
-    await client.get_json("events", "fine_tuning/jobs/ftjob-b/events")  # another job: not held
+    await client.list_jobs(after=None, limit=100)  # the listing: not held
+    await client.list_events("ftjob-b", after=None, limit=100)  # another job: not held
     assert fake_time.sleeps == []
-    await client.get_json("events", "fine_tuning/jobs/ftjob-a/events")  # the same job: held
+    await client.list_events("ftjob-a", after=None, limit=100)  # the same job: held
     assert fake_time.sleeps == [2.0]
     await client.get_job("ftjob-a")  # the hold is over
     assert (fake_time.sleeps, len(api.requests)) == ([2.0], 5)
@@ -278,10 +274,10 @@ async def test_a_hold_beyond_the_cap_fails_the_job_s_requests_without_sending_th
         await client.list_checkpoints("ftjob-a", after=None, limit=20)
     fake_time.now += 50
     with pytest.raises(ApiError) as caught:
-        await client.get_json("events", "fine_tuning/jobs/ftjob-a/events")
+        await client.list_events("ftjob-a", after=None, limit=100)
     assert (caught.value.reason, caught.value.retry_after, len(api.requests)) == ("http_429", 150.0, 1)
     fake_time.now += 150
-    await client.get_json("events", "fine_tuning/jobs/ftjob-a/events")
+    await client.list_events("ftjob-a", after=None, limit=100)
     assert (len(api.requests), fake_time.sleeps) == (2, [])
 
 
@@ -310,8 +306,8 @@ async def test_request_budget_spaces_requests_evenly_across_callers() -> None:
             granted.append(asyncio.get_running_loop().time())
 
     http = httpx.AsyncClient(base_url="https://api.test/v1/", transport=httpx.MockTransport(answer))
-    client = ApiClient(http, max_requests_per_second=40, observe_wait=waits.append)
-    client._budget = TimedBudget(client._budget)  # type: ignore[assignment]
+    gate = RequestGate(budget=TimedBudget(rate_budget(40)), observe_wait=waits.append)
+    client = ApiClient(http, gate=gate)
     await asyncio.gather(*(list_page(client) for _ in range(21)))
     assert (sent, len(granted)) == (21, 21)
     # 40 per second, no burst: every grant 25 ms (up to float rounding) after the one before.

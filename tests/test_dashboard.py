@@ -7,19 +7,23 @@ This module checks the JSON structure, and (when promtool is installed) that eve
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
-DASHBOARD = REPO / "helm" / "ckpt-exporter" / "files" / "dashboard.json"
+from tests.helpers import (
+    DASHBOARD,
+    REPO,
+    all_panels,
+    load_dashboard,
+    query_panels,
+    require_tool,
+    substitute_grafana_variables,
+)
+
 COMPOSE_DIR = REPO / "deploy" / "compose"
 
 DATASOURCE_REF = {"type": "prometheus", "uid": "${datasource}"}
@@ -32,25 +36,6 @@ JOB_SCOPED_METRIC = re.compile(
 )
 
 
-def load_dashboard() -> dict[str, Any]:
-    with DASHBOARD.open(encoding="utf-8") as f:
-        data: dict[str, Any] = json.load(f)
-    return data
-
-
-def all_panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every panel, including those nested in (collapsed) rows."""
-    out: list[dict[str, Any]] = []
-    for panel in dashboard["panels"]:
-        out.append(panel)
-        out.extend(panel.get("panels", []))
-    return out
-
-
-def query_panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
-    return [p for p in all_panels(dashboard) if p["type"] != "row"]
-
-
 def dashboard_exprs(dashboard: dict[str, Any]) -> list[tuple[str, str, str]]:
     """(panel title, refId, expr) of every non-empty target expression."""
     return [
@@ -59,19 +44,6 @@ def dashboard_exprs(dashboard: dict[str, Any]) -> list[tuple[str, str, str]]:
         for t in p.get("targets", [])
         if t.get("expr", "").strip()
     ]
-
-
-def substitute_grafana_variables(
-    expr: str, job_regex: str, rate_interval: str = "1m", range_: str = "1h"
-) -> str:
-    """What Grafana sends to Prometheus for an expression (also used by the e2e test)."""
-    return (
-        expr.replace("$__rate_interval", rate_interval)
-        .replace("$__range", range_)
-        .replace("$__interval", rate_interval)
-        .replace("${job_id}", job_regex)
-        .replace("$job_id", job_regex)
-    )
 
 
 # --- identity and variables ---------------------------------------------------------------------
@@ -238,18 +210,9 @@ def test_expected_panels_present() -> None:
 # --- expressions parse (promtool) ---------------------------------------------------------------
 
 
-def _promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("promtool is required in CI (Debian package: prometheus)")
-        pytest.skip("promtool not installed")
-    return path
-
-
 def test_every_expression_parses(tmp_path: Path) -> None:
     """Each expression, with Grafana's variables substituted, as a recording rule: promtool parses it."""
-    promtool = _promtool()
+    promtool = require_tool("promtool")
     exprs = dashboard_exprs(load_dashboard())
     rules = {
         "groups": [

@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 from pydantic import TypeAdapter
 
-from ckpt_exporter.api import ApiError
-from ckpt_exporter.diff import CheckpointDiff, Order, learn_order
-from ckpt_exporter.models import Checkpoint, ListPage
+from ckpt_exporter.diff import CheckpointDiff
+from ckpt_exporter.models import ApiError, Checkpoint, ListPage
+from ckpt_exporter.pages import Order, learn_order
 
 JOB = "ftjob-a"
 
@@ -162,7 +162,7 @@ async def test_pagination_loops_fail_the_poll_and_keep_the_state(pages: list[Lis
 
 def test_learn_order() -> None:
     c = [TypeAdapter(Checkpoint).validate_python(raw(s)) for s in (1, 2, 3)]
-    assert learn_order(c) is Order.OLDEST_FIRST
-    assert learn_order(c[::-1]) is Order.NEWEST_FIRST
-    assert learn_order(c[:1]) is None
-    assert learn_order([c[1], c[0], c[2]]) is None
+    assert learn_order([x.order_key for x in c]) is Order.OLDEST_FIRST
+    assert learn_order([x.order_key for x in c[::-1]]) is Order.NEWEST_FIRST
+    assert learn_order([x.order_key for x in c[:1]]) is None
+    assert learn_order([x.order_key for x in (c[1], c[0], c[2])]) is None

@@ -8,10 +8,9 @@ from typing import Any
 
 import pytest
 
-from ckpt_exporter.fakeapi import FakeApi, FakeApiServer
+from ckpt_exporter.fake import FakeApi, FakeApiServer
 from ckpt_exporter.models import METRIC_FIELDS
-from tests.conftest import API_KEY
-from tests.helpers import ExporterProcess, Samples, parse_samples, require_tool, wait_for
+from tests.helpers import API_KEY, ExporterProcess, Samples, parse_samples, require_tool, wait_for
 
 pytestmark = pytest.mark.integration
 

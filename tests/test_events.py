@@ -12,8 +12,8 @@ import pytest
 from ckpt_exporter.app import build_account
 from ckpt_exporter.diff import Order
 from ckpt_exporter.events import EventFeed
-from ckpt_exporter.exposition import RenderedJobs
-from ckpt_exporter.fakeapi import FakeApi, FakeApiServer
+from ckpt_exporter.exposition import ExpositionCache
+from ckpt_exporter.fake import FakeApi, FakeApiServer
 from ckpt_exporter.models import ListPage
 from ckpt_exporter.poller import Poller
 from ckpt_exporter.selfmetrics import SelfMetrics
@@ -106,7 +106,7 @@ async def test_invalid_metrics_events_are_rejected_not_exported() -> None:
     )
 
 
-def exported(jobs: RenderedJobs, prefix: str) -> Samples:
+def exported(jobs: ExpositionCache, prefix: str) -> Samples:
     return parse_samples(jobs.body(False).decode(), prefix)
 
 
@@ -117,10 +117,10 @@ def one(job_id: str, **labels: str) -> frozenset[tuple[str, str]]:
 @asynccontextmanager
 async def accounts(
     *pairs: tuple[AccountSettings, FakeApi],
-) -> AsyncIterator[tuple[list[Poller], RenderedJobs]]:
+) -> AsyncIterator[tuple[list[Poller], ExpositionCache]]:
     """Real accounts (their own HTTP clients, keys and flavors) over loopback fake APIs."""
     settings = Settings(page_size=5, max_retries=0, poll_interval_seconds=1)
-    jobs = RenderedJobs()
+    jobs = ExpositionCache()
     metrics = SelfMetrics()
     async with AsyncExitStack() as stack:
         built = []

@@ -7,7 +7,8 @@ import gzip
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from pydantic import TypeAdapter
 
-from ckpt_exporter.exposition import RenderedJobs, job_families, render
+from ckpt_exporter.exposition import ExpositionCache, render
+from ckpt_exporter.families import job_families
 from ckpt_exporter.models import Checkpoint
 from ckpt_exporter.selfmetrics import SelfMetrics
 from ckpt_exporter.server import MetricsApp
@@ -45,7 +46,7 @@ def by_labels(job: str, step: str) -> frozenset[tuple[str, str]]:
 
 
 def test_samples_are_exact_and_absent_fields_have_none() -> None:
-    jobs = RenderedJobs()
+    jobs = ExpositionCache()
     jobs.update(JOB_A)
     jobs.update(JOB_B)
     samples = parse_samples(jobs.body(False).decode())
@@ -73,7 +74,7 @@ def test_samples_are_exact_and_absent_fields_have_none() -> None:
 
 
 def test_cached_body_equals_rendering_everything_at_once() -> None:
-    jobs = RenderedJobs()
+    jobs = ExpositionCache()
     snapshots = [JOB_B, JOB_A]
     for snapshot in snapshots:
         jobs.update(snapshot)
@@ -88,7 +89,7 @@ def test_cached_body_equals_rendering_everything_at_once() -> None:
 
 
 def test_update_remove_and_unchanged_snapshot() -> None:
-    jobs = RenderedJobs()
+    jobs = ExpositionCache()
     jobs.update(JOB_A)
     first, version = jobs.body(False), jobs.version
     jobs.update(JobSnapshot(**{**JOB_A.__dict__}))  # equal snapshot: nothing re-rendered
@@ -100,7 +101,7 @@ def test_update_remove_and_unchanged_snapshot() -> None:
 
 
 def test_metrics_response_formats_and_gzip() -> None:
-    jobs = RenderedJobs()
+    jobs = ExpositionCache()
     jobs.update(JOB_A)
     metrics = SelfMetrics()
     app = MetricsApp(jobs, metrics, ready=lambda: True)
@@ -129,7 +130,7 @@ def test_metrics_response_formats_and_gzip() -> None:
 
 
 def test_gzip_body_is_reused_until_the_next_change() -> None:
-    jobs = RenderedJobs()
+    jobs = ExpositionCache()
     jobs.update(JOB_A)
     one = gzip.decompress(jobs.gzip_body(False, b"tail 1\n"))
     two = gzip.decompress(jobs.gzip_body(False, b"tail 2\n"))
@@ -143,11 +144,11 @@ def test_gzip_body_is_reused_until_the_next_change() -> None:
 def test_a_poll_state_change_rerenders_only_what_changed_and_stays_exact() -> None:
     from dataclasses import replace
 
-    jobs = RenderedJobs()
+    jobs = ExpositionCache()
     jobs.update(JOB_A)
     polled = replace(JOB_A, up=False, last_success=1_712_300_060.0, errors=(("http_500", 4),))
     jobs.update(polled)
-    fresh = RenderedJobs()
+    fresh = ExpositionCache()
     fresh.update(polled)
     for openmetrics in (False, True):
         assert jobs.body(openmetrics) == fresh.body(openmetrics)
@@ -159,7 +160,7 @@ def test_a_poll_state_change_rerenders_only_what_changed_and_stays_exact() -> No
 def test_background_rebuilds_follow_changes() -> None:
     from tests.helpers import wait_for
 
-    jobs = RenderedJobs()
+    jobs = ExpositionCache()
     jobs.update(JOB_A)
     jobs.start(debounce=0.01)
     try:
@@ -176,20 +177,19 @@ def test_background_rebuilds_follow_changes() -> None:
 def test_the_stable_prefix_is_reused_after_volatile_changes_and_every_body_stays_exact() -> None:
     from dataclasses import replace
 
-    from ckpt_exporter.events import MetricsEventData
-    from ckpt_exporter.models import FineTuningJob
+    from ckpt_exporter.models import FineTuningJob, MetricsEventData
 
     job_doc = TypeAdapter(FineTuningJob).validate_python(
         {"id": "ftjob-a", "status": "running", "created_at": 1_712_211_000, "model": "gpt-4o-mini"}
     )
     live = TypeAdapter(MetricsEventData).validate_python({"step": 90, "total_steps": 300, "train_loss": 0.4})
     running = replace(JOB_A, job=job_doc, live=live, event_counts=(("info", 3),))
-    jobs = RenderedJobs()
+    jobs = ExpositionCache()
     current = {"ftjob-a": running, "ftjob-b": JOB_B}
 
     def check(stable_prefix_kept: bool) -> None:
-        prefixes = {f: jobs._prefixes.get(f) for f in (False, True)}
-        fresh = RenderedJobs()
+        builds = {f: jobs.stable_prefix_builds(f) for f in (False, True)}
+        fresh = ExpositionCache()
         for snapshot in current.values():
             fresh.update(snapshot)
         for openmetrics in (False, True):
@@ -197,8 +197,8 @@ def test_the_stable_prefix_is_reused_after_volatile_changes_and_every_body_stays
                 gzip.decompress(jobs.gzip_body(openmetrics, b"tail\n")) == fresh.body(openmetrics) + b"tail\n"
             )
             assert jobs.body(openmetrics) == fresh.body(openmetrics)
-            kept = jobs._prefixes[openmetrics] is prefixes[openmetrics]
-            assert kept == (stable_prefix_kept and prefixes[openmetrics] is not None)
+            kept = jobs.stable_prefix_builds(openmetrics) == builds[openmetrics]
+            assert kept == (stable_prefix_kept and builds[openmetrics] > 0)
 
     def publish(snapshot: JobSnapshot, *, stable_prefix_kept: bool) -> None:
         current[snapshot.job_id] = snapshot
@@ -225,13 +225,14 @@ def test_the_stable_prefix_is_reused_after_volatile_changes_and_every_body_stays
 def test_stop_ends_the_background_thread_at_once_even_while_it_waits_for_a_pause() -> None:
     import time
 
-    jobs = RenderedJobs()
+    jobs = ExpositionCache()
     jobs.update(JOB_A)
     jobs.start(debounce=2.0)
     jobs.body(False)  # served: the thread rebuilds this format after changes
     jobs.update(JOB_B)
     time.sleep(0.1)  # the thread now waits for a pause in the changes
+    assert jobs.rebuilding
     started = time.monotonic()
     jobs.stop()
     assert time.monotonic() - started < 1.0
-    assert jobs._thread is not None and not jobs._thread.is_alive()
+    assert not jobs.rebuilding

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from jsonschema import Draft202012Validator
 
-from ckpt_exporter.fakeapi import FakeApi, FakeApiServer, Fault, SimulatedTraining
+from ckpt_exporter.fake import FakeApi, FakeApiServer, Fault, SimulatedTraining
 from tests.helpers import REPO, wait_for
 
 SPEC = json.loads((REPO / "tests" / "data" / "openai-fine-tuning-openapi.json").read_text())
@@ -73,5 +73,5 @@ def test_stop_does_not_wait_for_a_connection_that_is_still_open() -> None:
         client.sendall(b"GET /v1/fine_tuning/jobs HTTP/1.1\r\nHost: fake\r\n\r\n")
         assert wait_for(lambda: bool(api.served()), timeout=10)  # the fake holds the request
         server.stop()  # raised TimeoutError after 10 s before the fake's shutdown_timeout
-        assert not server._thread.is_alive()
+        assert not server.running
         assert client.recv(1024) == b""  # the fake closed the connection, answered nothing

@@ -23,48 +23,21 @@ from typing import Any
 import httpx
 import pytest
 
-from ckpt_exporter.fakeapi import FakeApi, FakeApiServer, Fault
-from ckpt_exporter.models import METRIC_FIELDS
-from tests.conftest import API_KEY
-from tests.helpers import ExporterProcess, Samples, parse_samples, wait_for
+from ckpt_exporter.fake import FakeApi, FakeApiServer, Fault
+from tests.helpers import (
+    API_KEY,
+    ExporterProcess,
+    checkpoint_samples,
+    expected_samples,
+    metrics_for,
+    parse_samples,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
 POLL = 0.3
 SCRAPE_LIMIT = 2.0  # seconds: /metrics answers within this under every fault
-
-
-def metrics_for(job_index: int, step: int) -> dict[str, float]:
-    """Distinct values per job and step, so that a mixed-up sample shows."""
-    base = 0.5 + job_index / 100
-    return {name: round(base + i / 10 + step / 100_000, 6) for i, name in enumerate(METRIC_FIELDS)}
-
-
-def expected_samples(api: FakeApi, jobs: list[str]) -> Samples:
-    expected: Samples = {}
-    for job_id in jobs:
-        checkpoints = api.jobs[job_id].checkpoints
-        for c in checkpoints:
-            labels = {"job_id": job_id, "step": str(c["step_number"])}
-            key = frozenset(labels.items())
-            for name in METRIC_FIELDS:
-                if c["metrics"].get(name) is not None:
-                    expected[(f"openai_fine_tuning_checkpoint_{name}", key)] = c["metrics"][name]
-            expected[("openai_fine_tuning_checkpoint_created_timestamp_seconds", key)] = c["created_at"]
-            info = {**labels, "checkpoint_id": c["id"], "model": c["fine_tuned_model_checkpoint"]}
-            expected[("openai_fine_tuning_checkpoint_info", frozenset(info.items()))] = 1.0
-        if checkpoints:
-            latest = max(c["step_number"] for c in checkpoints)
-            expected[("openai_fine_tuning_job_latest_step", frozenset({("job_id", job_id)}))] = latest
-    return expected
-
-
-def checkpoint_samples(text: str, jobs: list[str]) -> Samples:
-    samples = {
-        **parse_samples(text, "openai_fine_tuning_checkpoint_"),
-        **parse_samples(text, "openai_fine_tuning_job_latest_step"),
-    }
-    return {key: value for key, value in samples.items() if dict(key[1]).get("job_id") in jobs}
 
 
 def by_job(text: str, name: str) -> dict[str, float]:

@@ -8,9 +8,9 @@ import re
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import TypeAdapter
 
-from ckpt_exporter.events import MetricsEventData
-from ckpt_exporter.exposition import RenderedJobs
-from ckpt_exporter.models import Checkpoint, FineTuningJob
+from ckpt_exporter.exposition import ExpositionCache
+from ckpt_exporter.families import FAMILIES
+from ckpt_exporter.models import Checkpoint, FineTuningJob, MetricsEventData
 from ckpt_exporter.selfmetrics import SelfMetrics
 from ckpt_exporter.server import MetricsApp
 from ckpt_exporter.snapshot import JobSnapshot
@@ -48,7 +48,7 @@ def served() -> dict[str, tuple[str, frozenset[str]]]:
             },
         }
     )
-    jobs = RenderedJobs()
+    jobs = ExpositionCache()
     job = TypeAdapter(FineTuningJob).validate_python(
         {"id": "j", "status": "running", "created_at": 1, "trained_tokens": 5, "estimated_finish": 9}
     )
@@ -84,3 +84,9 @@ def served() -> dict[str, tuple[str, frozenset[str]]]:
 
 def test_docs_match_code() -> None:
     assert documented() == served()
+
+
+def test_the_families_table_is_documented_with_each_family_s_type_and_labels() -> None:
+    rows = documented()
+    table = {f.exposed_name: (f.exposed_type, frozenset(f.exposed_labels)) for f in FAMILIES}
+    assert {name: rows.get(name) for name in table} == table

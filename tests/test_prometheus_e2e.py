@@ -24,10 +24,17 @@ import pytest
 import yaml
 
 from ckpt_exporter import __version__
-from ckpt_exporter.fakeapi import FakeApi, FakeApiServer
+from ckpt_exporter.fake import FakeApi, FakeApiServer
 from ckpt_exporter.models import METRIC_FIELDS
-from tests.helpers import ExporterProcess, free_port, require_tool, wait_for
-from tests.test_dashboard import load_dashboard, query_panels, substitute_grafana_variables
+from tests.helpers import (
+    ExporterProcess,
+    free_port,
+    load_dashboard,
+    query_panels,
+    require_tool,
+    substitute_grafana_variables,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 

@@ -16,14 +16,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ckpt_exporter.api import ApiClient, make_http_client
-from ckpt_exporter.exposition import RenderedJobs
-from ckpt_exporter.fakeapi import FakeApi, FakeApiServer, Fault
+from ckpt_exporter.api import ApiClient
+from ckpt_exporter.exposition import ExpositionCache
+from ckpt_exporter.fake import FakeApi, FakeApiServer, Fault
 from ckpt_exporter.models import METRIC_FIELDS
 from ckpt_exporter.poller import Poller
 from ckpt_exporter.selfmetrics import SelfMetrics
-from tests.helpers import parse_samples
-from tests.test_faults import expected_samples
+from ckpt_exporter.transport import make_http_client
+from tests.helpers import expected_samples, parse_samples
 
 JOBS = 3
 FULL_READ_EVERY = 3
@@ -75,7 +75,7 @@ async def no_sleep(seconds: float) -> None:
 async def run(api: FakeApi, server: FakeApiServer, jobs: list[str], plan: list[tuple[Any, ...]]) -> str:
     http = make_http_client(server.base_url, auth=None, headers={}, timeout=5, max_connections=8)
     client = ApiClient(http, max_retries=0, sleep=no_sleep)
-    exposition = RenderedJobs()
+    exposition = ExpositionCache()
     poller = Poller(client, exposition, SelfMetrics(), page_size=2, full_read_every=FULL_READ_EVERY)
     poller.set_jobs(jobs)
     next_step = dict.fromkeys(jobs, 0)

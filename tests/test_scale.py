@@ -13,13 +13,13 @@ from typing import Any
 
 import pytest
 
-from ckpt_exporter.api import ApiClient, ApiKeyAuth, KeySource, make_http_client
-from ckpt_exporter.exposition import RenderedJobs
-from ckpt_exporter.fakeapi import FakeApi, FakeApiServer
+from ckpt_exporter.api import ApiClient
+from ckpt_exporter.exposition import ExpositionCache
+from ckpt_exporter.fake import FakeApi, FakeApiServer
 from ckpt_exporter.poller import Discovery, Poller, Shard
 from ckpt_exporter.selfmetrics import SelfMetrics
-from tests.conftest import API_KEY
-from tests.helpers import Samples, parse_samples
+from ckpt_exporter.transport import ApiKeyAuth, KeySource, make_http_client
+from tests.helpers import API_KEY, Samples, parse_samples
 
 NOW = int(time.time())
 DAY = 86400
@@ -34,7 +34,7 @@ class Clock:
 
 
 @asynccontextmanager
-async def poller_for(api: FakeApi, **kwargs: Any) -> AsyncIterator[tuple[Poller, RenderedJobs]]:
+async def poller_for(api: FakeApi, **kwargs: Any) -> AsyncIterator[tuple[Poller, ExpositionCache]]:
     with FakeApiServer(api) as server:
         http = make_http_client(
             server.base_url,
@@ -43,7 +43,7 @@ async def poller_for(api: FakeApi, **kwargs: Any) -> AsyncIterator[tuple[Poller,
             timeout=5,
             max_connections=8,
         )
-        jobs = RenderedJobs()
+        jobs = ExpositionCache()
         poller = Poller(ApiClient(http, max_retries=0), jobs, SelfMetrics(), page_size=5, **kwargs)
         try:
             yield poller, jobs
@@ -52,11 +52,11 @@ async def poller_for(api: FakeApi, **kwargs: Any) -> AsyncIterator[tuple[Poller,
             await http.aclose()
 
 
-def exported(jobs: RenderedJobs, prefix: str = "openai_") -> Samples:
+def exported(jobs: ExpositionCache, prefix: str = "openai_") -> Samples:
     return parse_samples(jobs.body(False).decode(), prefix)
 
 
-def job_ids(jobs: RenderedJobs) -> set[str]:
+def job_ids(jobs: ExpositionCache) -> set[str]:
     return {dict(labels)["job_id"] for _, labels in exported(jobs, "ckpt_exporter_job_up")}
 
 

@@ -14,10 +14,9 @@ import time
 
 import pytest
 
-from ckpt_exporter.fakeapi import FakeApi, FakeApiServer, Fault
+from ckpt_exporter.fake import FakeApi, FakeApiServer, Fault
 from ckpt_exporter.logging_setup import JsonFormatter, RedactingFilter, redact, register_secret
-from tests.conftest import API_KEY
-from tests.helpers import DrainedExporterProcess, wait_for
+from tests.helpers import API_KEY, DrainedExporterProcess, wait_for
 
 SECRET = "sk-proj-unit-test-secret-0123456789"
 

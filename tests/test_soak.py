@@ -15,10 +15,16 @@ import time
 import httpx
 import pytest
 
-from ckpt_exporter.fakeapi import FakeApi, FakeApiServer, Fault
-from tests.conftest import API_KEY
-from tests.helpers import DrainedExporterProcess, parse_samples, wait_for
-from tests.test_faults import checkpoint_samples, expected_samples, metrics_for
+from ckpt_exporter.fake import FakeApi, FakeApiServer, Fault
+from tests.helpers import (
+    API_KEY,
+    DrainedExporterProcess,
+    checkpoint_samples,
+    expected_samples,
+    metrics_for,
+    parse_samples,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 
-from ckpt_exporter.exposition import RenderedJobs
+import httpx
+
+from ckpt_exporter.api import ApiClient
+from ckpt_exporter.exposition import ExpositionCache
 from ckpt_exporter.poller import Poller
 from ckpt_exporter.selfmetrics import SelfMetrics
 from ckpt_exporter.slots import PrioritySlots
+from ckpt_exporter.turns import Turns
 from tests.helpers import free_port
 
 
@@ -48,35 +53,56 @@ async def test_a_cancelled_waiter_gives_back_its_place_and_a_handed_over_slot() 
     assert slots.free == 1
 
 
+@dataclass(frozen=True)
+class Job:
+    job_id: str
+
+
+def watched(ids: list[str]) -> dict[str, Job]:
+    return {job_id: Job(job_id) for job_id in ids}
+
+
 async def test_at_most_max_active_polls_run_at_once_and_every_job_gets_its_turn() -> None:
-    poller = Poller(None, RenderedJobs(), SelfMetrics(), max_active_polls=3)  # type: ignore[arg-type]
-    ids = [f"ftjob-{i}" for i in range(10)]
-    poller.set_jobs(ids)
+    jobs = watched([f"ftjob-{i}" for i in range(10)])
     active, peak, polled = 0, 0, []
 
-    async def poll(job: object) -> None:
+    async def poll(job: Job) -> None:
         nonlocal active, peak
         active += 1
         peak = max(peak, active)
         await asyncio.sleep(0.01)
-        polled.append(job.job_id)  # type: ignore[attr-defined]
+        polled.append(job.job_id)
         active -= 1
 
-    poller._poll_job = poll  # type: ignore[method-assign]
-    tasks = poller._dispatch()
+    turns = Turns(3, poll, jobs.get)
+    tasks = turns.queue(list(jobs.values()))
     assert len(tasks) == 1
-    assert poller._dispatch() == []  # queued jobs are not queued twice
+    assert all(turns.busy(job_id) for job_id in jobs)  # queued jobs are busy: not queued twice
     await asyncio.gather(*tasks)
     assert peak == 3
-    assert sorted(polled) == sorted(ids)
-    assert poller._in_flight == {}
+    assert sorted(polled) == sorted(jobs)
+    assert (turns.tasks(), turns.free) == ([], 3)
+    assert not any(turns.busy(job_id) for job_id in jobs)
+
+
+async def test_the_poller_does_not_queue_a_job_twice() -> None:
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{free_port()}/v1/") as http:
+        poller = Poller(ApiClient(http), ExpositionCache(), SelfMetrics(), max_active_polls=3)
+        poller.set_jobs(["ftjob-0", "ftjob-1"])
+        tasks = poller.dispatch()
+        assert len(tasks) == 1
+        assert poller.dispatch() == []  # queued jobs are not queued twice
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await poller.stop()
 
 
 async def test_the_state_of_the_first_cycle_is_frozen_out_of_full_gc_passes_once_ready() -> None:
     import gc
 
     from ckpt_exporter.app import Exporter
-    from ckpt_exporter.fakeapi import FakeApi, FakeApiServer
+    from ckpt_exporter.fake import FakeApi, FakeApiServer
     from ckpt_exporter.settings import load_settings
 
     api = FakeApi(api_key="sk-test")
@@ -94,12 +120,12 @@ async def test_the_state_of_the_first_cycle_is_frozen_out_of_full_gc_passes_once
         )
         exporter = Exporter(settings)
         try:
-            await exporter._tick()
+            await exporter.tick()
             assert not exporter.ready()
             assert gc.get_freeze_count() == 0
             await exporter.accounts[0].poller.wait_idle()
             assert exporter.ready()
-            await exporter._tick()  # the first tick that finds every job read once
+            await exporter.tick()  # the first tick that finds every job read once
             assert gc.get_freeze_count() > 0
         finally:
             gc.unfreeze()
@@ -110,23 +136,22 @@ async def test_the_state_of_the_first_cycle_is_frozen_out_of_full_gc_passes_once
 
 
 async def test_a_tick_that_comes_while_the_last_cycle_still_runs_polls_the_jobs_it_queued() -> None:
-    poller = Poller(None, RenderedJobs(), SelfMetrics(), max_active_polls=1)  # type: ignore[arg-type]
     ids = [f"ftjob-{i}" for i in range(4)]
-    poller.set_jobs(ids)
+    jobs = watched(ids)
     polled: list[str] = []
 
-    async def poll(job: object) -> None:
+    async def poll(job: Job) -> None:
         await asyncio.sleep(0.01)
-        polled.append(job.job_id)  # type: ignore[attr-defined]
+        polled.append(job.job_id)
 
-    poller._poll_job = poll  # type: ignore[method-assign]
-    first = poller._dispatch()  # tick N queues all four
-    while "ftjob-0" in poller._in_flight or "ftjob-1" in poller._in_flight:  # polled, done
+    turns = Turns(1, poll, jobs.get)
+    first = turns.queue(list(jobs.values()))  # tick N queues all four
+    while turns.busy("ftjob-0") or turns.busy("ftjob-1"):  # polled, done
         await asyncio.sleep(0.001)
-    again = [job_id for job_id in ids if job_id not in poller._in_flight]
+    again = [job_id for job_id in ids if not turns.busy(job_id)]
     assert again == ["ftjob-0", "ftjob-1"]
-    second = poller._dispatch()  # tick N+1, while tick N still polls ftjob-2 and ftjob-3
+    second = turns.queue([jobs[job_id] for job_id in again])  # tick N+1, while tick N still polls
     await asyncio.wait_for(asyncio.gather(*first, *second), 5)
     assert sorted(polled) == sorted([*ids, *again])
-    assert poller._in_flight == {}
-    assert poller._turns._value == 1
+    assert not any(turns.busy(job_id) for job_id in ids)
+    assert turns.free == 1

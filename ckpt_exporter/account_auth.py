@@ -1,0 +1,60 @@
+"""The account's auth state: whether the API accepts its key, as the answers say.
+
+A 401 or 403 is about the account's key, not the job: it is logged once per change, for the
+account, rather than once per job.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+from ckpt_exporter.models import ApiError
+
+# The poller's logger: operators filter on it (docs/operations.md quotes its lines).
+log = logging.getLogger("ckpt_exporter.poller")
+
+AUTH_STATUSES = (401, 403)  # about the account's key, not the job: logged once per change
+
+
+class AccountAuth:
+    """Whether the API accepts the account's key, as the answers say; each change logged once.
+
+    `epoch` is bumped at each change. A request begun before the last change was answered on the
+    key as it was then: it neither logs a change nor undoes one.
+    """
+
+    def __init__(self, account: str) -> None:
+        self._account = account
+        self.failure: int | None = None  # the 401/403 last logged for the account
+        self.epoch = 0
+
+    def failed(self, exc: ApiError, epoch: int) -> None:
+        if self.failure == exc.status or epoch != self.epoch:
+            return
+        self.failure = exc.status
+        self.epoch += 1
+        if exc.status == 401:
+            log.error(
+                "account %s: the API rejected the key (HTTP 401): check CKPT_EXPORTER_API_KEY or the "
+                "file api_key_file names; polls go on at the poll interval",
+                self._account,
+            )
+        else:
+            log.error(
+                "account %s: the key lacks access (HTTP 403): check that it belongs to the jobs' "
+                "organization and project and has fine-tuning read scope",
+                self._account,
+            )
+
+    def accepted(self, epoch: int) -> None:
+        if self.failure is None or epoch != self.epoch:
+            return
+        self.failure = None
+        self.epoch += 1
+        log.info("account %s: the API accepts the key again", self._account)
+
+    def note(self, failures: Iterable[ApiError], epoch: int) -> None:
+        for failure in failures:
+            if failure.status in AUTH_STATUSES:
+                self.failed(failure, epoch)

@@ -1,0 +1,205 @@
+"""One watched job: what the exporter remembers about it between polls, and the outcome policy.
+
+The outcome policy decides what a poll's results mean (new checkpoints logged, a failure logged
+once per reason, 404s backed off) and turns them into the job's next snapshot:
+one snapshot per poll, whatever the poll read and however it failed.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, replace
+
+from ckpt_exporter.diff import CheckpointDiff, DiffResult
+from ckpt_exporter.events import EventFeed, EventsResult
+from ckpt_exporter.models import NOT_STARTED_STATUSES, TERMINAL_STATUSES, ApiError, FineTuningJob, Rejected
+from ckpt_exporter.snapshot import JobSnapshot
+
+# The poller's logger: operators filter on it (docs/operations.md quotes its lines).
+log = logging.getLogger("ckpt_exporter.poller")
+
+IDLE_STATUSES = NOT_STARTED_STATUSES | {"paused"}  # no new checkpoints: no checkpoint requests
+FINISHED_MARGIN = 60.0  # a full read started this long after finished_at holds every checkpoint
+NOT_FOUND_MAX_BACKOFF = 3600.0
+
+
+@dataclass
+class JobState:
+    diff: CheckpointDiff
+    events: EventFeed
+    snapshot: JobSnapshot
+    configured: bool  # named in the settings (kept whatever discovery finds)
+    errors: dict[str, int] = field(default_factory=dict)
+    last_error: str | None = None  # the reason last logged, to log a failure once, not every poll
+    read_once: bool = False  # the first successful read sets the baseline: not "discovered"
+    final_read_done: bool = False  # a finished job's last full read is done: no more requests
+    not_before: float = 0.0  # no request before this time (the 404 backoff; the gate holds a Retry-After)
+    not_found: int = 0  # consecutive 404s
+    full_read_at: float | None = None  # when the latest successful full read started
+    rejects_logged: set[tuple[str, str]] = field(default_factory=set)  # (list, reason) logged
+
+    @classmethod
+    def new(
+        cls,
+        job_id: str,
+        *,
+        configured: bool,
+        account: str,
+        page_size: int,
+        full_read_every: int,
+        document: FineTuningJob | None = None,
+    ) -> JobState:
+        diff = CheckpointDiff(job_id, page_size, full_read_every)
+        snapshot = JobSnapshot(job_id, job=document, account=account)
+        return cls(diff, EventFeed(job_id), snapshot, configured)
+
+    @property
+    def job_id(self) -> str:
+        return self.diff.job_id
+
+    @property
+    def status(self) -> str | None:
+        return self.snapshot.job.status if self.snapshot.job is not None else None
+
+    def needs_events(self) -> bool:
+        """Only a job known to be training has live metrics: never a finished or unknown one."""
+        status = self.status
+        return status is not None and status not in TERMINAL_STATUSES and status not in IDLE_STATUSES
+
+    def needs_checkpoints(self) -> bool:
+        status = self.status
+        if status in TERMINAL_STATUSES:
+            return not self.final_read_done
+        return status not in IDLE_STATUSES  # unknown statuses are polled, to be safe
+
+    def read_since_finished(self, document: FineTuningJob) -> bool:
+        """A full read that started after the job finished already was its final read.
+
+        So a finished job met for the first time (at startup, or found by discovery) costs one
+        read, not two.
+        """
+        return (
+            document.status in TERMINAL_STATUSES
+            and document.finished_at is not None
+            and self.full_read_at is not None
+            and self.full_read_at >= document.finished_at + FINISHED_MARGIN
+        )
+
+    # -- the outcome policy ------------------------------------------------------------------
+
+    def count(self, reason: str) -> None:
+        self.errors[reason] = self.errors.get(reason, 0) + 1
+
+    def _error_counts(self) -> tuple[tuple[str, int], ...]:
+        return tuple(sorted(self.errors.items()))
+
+    def idle_snapshot(self) -> JobSnapshot:
+        """A job with nothing to read (queued, paused, finished and read): polled and up."""
+        return replace(self.snapshot, polled=True, up=True)
+
+    def status_read(self, document: FineTuningJob) -> JobSnapshot:
+        """The job's status document, from the listing or its own read."""
+        old = self.status
+        if old != document.status:
+            if old is not None:
+                log.info("job %s: status %s -> %s", self.job_id, old, document.status)
+            if document.status not in TERMINAL_STATUSES or old not in TERMINAL_STATUSES:
+                self.final_read_done = self.read_since_finished(document)
+        return replace(self.snapshot, job=document)
+
+    def poll_outcome(
+        self,
+        checkpoints: DiffResult | None,
+        events: EventsResult | None,
+        failures: list[ApiError],
+        now: float,
+        poll_interval: float,
+    ) -> JobSnapshot:
+        """The snapshot after one poll: what it read, then what failed (the one snapshot it makes)."""
+        snapshot = self.snapshot
+        if checkpoints is not None:
+            snapshot = self._checkpoints_read(snapshot, checkpoints, now)
+        if events is not None:
+            snapshot = self._events_read(snapshot, events)
+        for failure in failures:
+            snapshot = self.failed(snapshot, failure, now, poll_interval)
+        return replace(snapshot, errors=self._error_counts())
+
+    def failed(self, snapshot: JobSnapshot, exc: ApiError, now: float, poll_interval: float) -> JobSnapshot:
+        """Count the failure, log it once per reason, back off a 404."""
+        self.count(exc.reason)
+        if exc.status == 404:
+            if now >= self.not_before:  # not a second 404 of the same poll (status and checkpoints)
+                self.not_found += 1
+                delay = min(poll_interval * 2 ** (self.not_found - 1), NOT_FOUND_MAX_BACKOFF)
+                self.not_before = now + delay
+                log.warning(
+                    "job %s: not found (HTTP 404): it does not exist or was deleted; next try in %.3gs",
+                    self.job_id,
+                    delay,
+                )
+        elif exc.status not in (401, 403) and self.last_error != exc.reason:  # the key: the account's
+            log.warning("job %s: poll failed (%s): %s", self.job_id, exc.reason, exc)
+        self.last_error = exc.reason
+        return replace(snapshot, polled=True, up=False, errors=self._error_counts())
+
+    def _rejected(self, rejected: list[Rejected], source: str) -> None:
+        """Count every unusable item; log each reason once while it keeps coming back."""
+        reasons = {(source, item.reason) for item in rejected}
+        for item in rejected:
+            self.count(item.reason)
+            if (source, item.reason) not in self.rejects_logged:
+                self.rejects_logged.add((source, item.reason))
+                log.warning(
+                    "job %s: ignored an item of the %s list (%s): %s (counted; logged once while it recurs)",
+                    self.job_id,
+                    source,
+                    item.reason,
+                    item.detail,
+                )
+        self.rejects_logged &= reasons | {r for r in self.rejects_logged if r[0] != source}
+
+    def _events_read(self, snapshot: JobSnapshot, result: EventsResult) -> JobSnapshot:
+        self._rejected(result.rejected, "events")
+        for event in result.new:
+            if event.level in ("warn", "error"):
+                log.info("job %s: %s event: %s", self.job_id, event.level, event.message[:200])
+        return replace(
+            snapshot,
+            live=self.events.latest_metrics,
+            event_counts=tuple(sorted(self.events.counts.items())),
+        )
+
+    def _checkpoints_read(self, snapshot: JobSnapshot, result: DiffResult, now: float) -> JobSnapshot:
+        job_id = self.job_id
+        self.not_found = 0
+        if self.last_error is not None:
+            log.info("job %s: polls succeed again", job_id)
+            self.last_error = None
+        self._rejected(result.rejected, "checkpoints")
+        discovered = snapshot.discovered_total
+        if not self.read_once:
+            self.read_once = True
+            log.info("job %s: %d checkpoint(s) at first read", job_id, len(self.diff.known))
+        else:
+            for checkpoint in sorted(result.new, key=lambda c: c.order_key):
+                m = checkpoint.metrics
+                log.info(
+                    "job %s: new checkpoint at step %d (train_loss=%s valid_loss=%s full_valid_loss=%s)",
+                    job_id,
+                    checkpoint.step_number,
+                    m.train_loss,
+                    m.valid_loss,
+                    m.full_valid_loss,
+                )
+            discovered += len(result.new)
+        for checkpoint_id in result.removed:
+            log.info("job %s: checkpoint %s is no longer listed by the API", job_id, checkpoint_id)
+        return replace(
+            snapshot,
+            checkpoints=self.diff.checkpoints() if result.changed else snapshot.checkpoints,
+            polled=True,
+            up=True,
+            last_success=now,
+            discovered_total=discovered,
+        )

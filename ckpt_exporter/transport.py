@@ -1,0 +1,192 @@
+"""The HTTP side of the API client: the client factory, the key and its auth, one GET, its body.
+
+The GET is built by hand (see `build_request`) and its body read within a byte cap; whatever the
+transport library raises comes out as an httpx.TransportError or a TooLarge.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Generator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import httpx
+
+from ckpt_exporter.filestamp import FileStamp, file_stamp
+from ckpt_exporter.logging_setup import register_secret
+
+log = logging.getLogger("ckpt_exporter.api")  # the API client's, as before the split
+
+# A page of 100 checkpoints is about 50 KB; anything near this is not a checkpoint list.
+MAX_RESPONSE_BYTES = 8 * 1024 * 1024
+
+
+class KeySource:
+    """The API key, from settings or a mounted file that is re-read when it changes (rotation).
+
+    Every key it hands out is registered for redaction from the logs.
+    """
+
+    def __init__(self, key: str | None = None, key_file: Path | None = None) -> None:
+        self._key = key
+        self._file = key_file
+        self._stamp: FileStamp | None = None
+        register_secret(key)
+
+    def get(self) -> str | None:
+        if self._file is None:
+            return self._key
+        stamp = file_stamp(self._file)
+        if stamp is None or stamp == self._stamp:
+            return self._key  # unchanged, or being swapped (keep the last key we read)
+        try:
+            key = self._file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError):
+            return self._key
+        register_secret(key)
+        if key and self._key is not None and key != self._key:
+            log.info("the API key file %s changed: using the new key", self._file)
+        self._key = key or self._key
+        self._stamp = stamp
+        return self._key
+
+
+class ApiKeyAuth(httpx.Auth):
+    """Authorization: Bearer KEY (OpenAI), or api-key: KEY (Azure)."""
+
+    def __init__(self, keys: KeySource, header: str = "Authorization") -> None:
+        self._keys = keys
+        self._header = header
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        key = self._keys.get()
+        if key:
+            request.headers[self._header] = f"Bearer {key}" if self._header == "Authorization" else key
+        yield request
+
+
+def make_http_client(
+    base_url: str,
+    *,
+    auth: httpx.Auth | None,
+    headers: dict[str, str],
+    timeout: float,
+    max_connections: int,
+    transport: str = "aiohttp",
+    params: dict[str, str] | None = None,
+) -> httpx.AsyncClient:
+    """One AsyncClient per process: keep-alive connections, timeouts, the API's base URL."""
+    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+    async_transport: httpx.AsyncBaseTransport
+    if transport == "aiohttp":
+        from httpx_aiohttp import AiohttpTransport
+
+        async_transport = AiohttpTransport(limits=limits)
+    else:
+        async_transport = httpx.AsyncHTTPTransport(limits=limits)
+    return httpx.AsyncClient(
+        base_url=base_url.rstrip("/") + "/",
+        auth=auth,
+        headers=headers,
+        params=params,
+        timeout=httpx.Timeout(timeout),
+        transport=async_transport,
+        follow_redirects=False,
+    )
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A response whose body has been read (within the byte cap)."""
+
+    response: httpx.Response
+    body: bytes
+
+    @property
+    def status(self) -> int:
+        return self.response.status_code
+
+
+class TooLarge(Exception):
+    def __init__(self, status: int, size: int, cap: int) -> None:
+        super().__init__(f"the response is larger than {cap} bytes (at least {size})")
+        self.status = status
+
+
+class Transport:
+    """GETs of paths under the client's base URL, each body read whole within `max_response_bytes`."""
+
+    def __init__(self, http: httpx.AsyncClient, max_response_bytes: int = MAX_RESPONSE_BYTES) -> None:
+        self._http = http
+        self._base_url = str(http.base_url)  # ends with "/"
+        self._extensions = {"timeout": http.timeout.as_dict()}
+        self.max_response_bytes = max_response_bytes
+
+    @property
+    def read_timeout(self) -> float | None:
+        return self._http.timeout.read
+
+    def build_request(self, path: str, params: dict[str, Any]) -> httpx.Request:
+        """The GET for `path` (relative to the base URL) with `params` after the client's own.
+
+        Built here rather than by `client.stream("GET", path, params=...)`: httpx's request builder
+        parses and merges the URL three times over, a large share of the exporter's CPU.
+        """
+        own = [(key, value) for key, value in self._http.params.multi_items() if key not in params]
+        query = urlencode([*own, *params.items()], quote_via=quote)
+        url = httpx.URL(f"{self._base_url}{path}?{query}" if query else f"{self._base_url}{path}")
+        request = httpx.Request("GET", url, headers=self._http.headers, extensions=self._extensions)
+        if self._http.cookies:  # what the API set (e.g. a load balancer's), sent back as httpx does
+            self._http.cookies.set_cookie_header(request)
+        return request
+
+    async def get(self, path: str, params: dict[str, Any]) -> Reply:
+        """One attempt; TooLarge past the cap, httpx.TransportError for any transport failure."""
+        try:
+            return await self._fetch(path, params)
+        except (httpx.TransportError, TooLarge, TimeoutError):  # the caller maps a timeout
+            raise
+        except Exception as exc:
+            # A transport library's own error that slipped through its mapping (httpx-aiohttp
+            # re-raises what it does not know): a failed attempt like any other.
+            if not (isinstance(exc, OSError | EOFError) or _is_transport_library_error(exc)):
+                raise
+            log.debug("request failed with %s", type(exc).__name__)
+            raise httpx.TransportError(f"{type(exc).__name__}") from exc
+
+    async def _fetch(self, path: str, params: dict[str, Any]) -> Reply:
+        cap = self.max_response_bytes
+        response = await self._http.send(self.build_request(path, params), stream=True)
+        async with contextlib.aclosing(response):
+            declared = response.headers.get("content-length")
+            if declared is not None and declared.isdigit() and int(declared) > cap:
+                raise TooLarge(response.status_code, int(declared), cap)
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > cap:
+                    raise TooLarge(response.status_code, size, cap)
+                chunks.append(chunk)
+        return Reply(response, b"".join(chunks))
+
+
+def is_timeout(exc: httpx.TransportError) -> bool:
+    """A timeout, not some other transport failure.
+
+    httpx-aiohttp maps every aiohttp connection error (a reset, a server that hung up) to
+    httpx.ConnectTimeout, so the underlying cause decides.
+    """
+    if not isinstance(exc, httpx.TimeoutException):
+        return False
+    cause = exc.__cause__
+    return cause is None or isinstance(cause, TimeoutError)
+
+
+def _is_transport_library_error(exc: Exception) -> bool:
+    """aiohttp's errors (the transport under httpx-aiohttp), without importing aiohttp here."""
+    return any(cls.__module__.startswith("aiohttp") for cls in type(exc).__mro__)
