@@ -44,26 +44,34 @@ def render(families: Callable[[], Iterable[Metric]], openmetrics: bool) -> bytes
 
 
 def split_by_family(rendered: bytes) -> tuple[list[str], dict[str, bytes], dict[str, bytes]]:
-    """Split rendered output into (family order, header lines by family, sample lines by family)."""
+    """Split rendered output into (family order, header lines by family, sample lines by family).
+
+    Lines end at \n alone, as in the text format: prometheus_client escapes \n in label values but
+    leaves the other characters that str.splitlines would break at (\r, \x0b, \x1c, \x85, \u2028
+    ...), and a label value from the API may hold any of them.
+    """
     order: list[str] = []
-    headers: dict[str, list[str]] = {}
-    samples: dict[str, list[str]] = {}
+    headers: dict[str, list[bytes]] = {}
+    samples: dict[str, list[bytes]] = {}
     current = ""
-    for line in rendered.decode("utf-8").splitlines(keepends=True):
-        if line.startswith("# HELP "):
-            current = line.split(" ", 3)[2]
+    for text in rendered.split(b"\n"):
+        if not text:
+            continue
+        line = text + b"\n"
+        if line.startswith(b"# HELP "):
+            current = line.split(b" ", 3)[2].decode()
             order.append(current)
             headers[current], samples[current] = [line], []
-        elif line.startswith("# EOF"):
+        elif line.startswith(b"# EOF"):
             continue
-        elif line.startswith("#"):
+        elif line.startswith(b"#"):
             headers[current].append(line)
         else:
             samples[current].append(line)
     return (
         order,
-        {name: "".join(lines).encode() for name, lines in headers.items()},
-        {name: "".join(lines).encode() for name, lines in samples.items() if lines},
+        {name: b"".join(lines) for name, lines in headers.items()},
+        {name: b"".join(lines) for name, lines in samples.items() if lines},
     )
 
 

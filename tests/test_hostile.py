@@ -172,6 +172,11 @@ def expected_hostile_samples(api: HostileApi) -> Labelled:
         labels = {"job_id": HOSTILE_JOB, "level": level}
         value = 1.0 if level == hostile_text("level") else 0.0
         expected[("openai_fine_tuning_job_events_total", frozenset(labels.items()))] = value
+    discovered = {"job_id": DISCOVERED, "model": api.jobs[DISCOVERED].document["model"]}
+    discovered |= {"fine_tuned_model": "", "suffix": "", "account": "default"}
+    expected[("openai_fine_tuning_job_info", frozenset(discovered.items()))] = 1.0
+    status = {"job_id": DISCOVERED, "status": "succeeded"}
+    expected[("openai_fine_tuning_job_status", frozenset(status.items()))] = 1.0
     for job_id in (HOSTILE_JOB, DISCOVERED):
         expected[("ckpt_exporter_job_up", frozenset({("job_id", job_id)}))] = 1.0
     return expected
