@@ -18,11 +18,12 @@ from urllib.parse import quote
 import httpx
 from pydantic import ValidationError
 
+from ckpt_exporter.bodies import BadEncoding, TooLarge
 from ckpt_exporter.gate import RequestGate, WaitObserver, rate_budget
 from ckpt_exporter.logging_setup import redact
 from ckpt_exporter.models import ApiError, ListPage
 from ckpt_exporter.retries import Retryable, RetryPolicy, is_retryable, retry_after_seconds
-from ckpt_exporter.transport import MAX_RESPONSE_BYTES, Reply, TooLarge, Transport, is_timeout
+from ckpt_exporter.transport import MAX_RESPONSE_BYTES, Reply, Transport, is_timeout
 
 RequestObserver = Callable[[str, str], None]  # (endpoint, code)
 
@@ -77,6 +78,9 @@ class ApiClient:
             except TooLarge as exc:
                 self._observe(endpoint, str(exc.status))
                 raise ApiError("too_large", str(exc), status=exc.status) from None
+            except BadEncoding as exc:
+                self._observe(endpoint, str(exc.status))
+                raise ApiError("bad_encoding", str(exc), status=exc.status) from None
         self._observe(endpoint, str(reply.status))
         self.gate.note_rate_limit(reply.response)
         if reply.status >= 400:

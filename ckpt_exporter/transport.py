@@ -1,7 +1,8 @@
 """The HTTP side of the API client: the client factory, the key and its auth, one GET, its body.
 
-The GET is built by hand (see `build_request`) and its body read within a byte cap; whatever the
-transport library raises comes out as an httpx.TransportError or a TooLarge.
+The GET is built by hand (see `build_request`) and its body read within a byte cap, decoded by
+ckpt_exporter.bodies as it arrives; whatever the transport library raises comes out as an
+httpx.TransportError, a TooLarge or a BadEncoding.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from urllib.parse import quote, urlencode
 
 import httpx
 
+from ckpt_exporter.bodies import ACCEPT_ENCODING, BadEncoding, BoundedBody, TooLarge
 from ckpt_exporter.filestamp import FileStamp, file_stamp
 from ckpt_exporter.logging_setup import register_secret
 
@@ -91,7 +93,8 @@ def make_http_client(
     return httpx.AsyncClient(
         base_url=base_url.rstrip("/") + "/",
         auth=auth,
-        headers=headers,
+        # What bodies.BoundedBody decodes, whatever optional decoders httpx finds installed.
+        headers={"Accept-Encoding": ACCEPT_ENCODING, **headers},
         params=params,
         timeout=httpx.Timeout(timeout),
         transport=async_transport,
@@ -109,12 +112,6 @@ class Reply:
     @property
     def status(self) -> int:
         return self.response.status_code
-
-
-class TooLarge(Exception):
-    def __init__(self, status: int, size: int, cap: int) -> None:
-        super().__init__(f"the response is larger than {cap} bytes (at least {size})")
-        self.status = status
 
 
 class Transport:
@@ -148,7 +145,7 @@ class Transport:
         """One attempt; TooLarge past the cap, httpx.TransportError for any transport failure."""
         try:
             return await self._fetch(path, params)
-        except (httpx.TransportError, TooLarge, TimeoutError):  # the caller maps a timeout
+        except (httpx.TransportError, TooLarge, BadEncoding, TimeoutError):  # the caller maps a timeout
             raise
         except Exception as exc:
             # A transport library's own error that slipped through its mapping (httpx-aiohttp
@@ -165,14 +162,15 @@ class Transport:
             declared = response.headers.get("content-length")
             if declared is not None and declared.isdigit() and int(declared) > cap:
                 raise TooLarge(response.status_code, int(declared), cap)
-            chunks: list[bytes] = []
-            size = 0
-            async for chunk in response.aiter_bytes():
-                size += len(chunk)
-                if size > cap:
-                    raise TooLarge(response.status_code, size, cap)
-                chunks.append(chunk)
-        return Reply(response, b"".join(chunks))
+            if response.is_stream_consumed:  # built with its content (a test double): httpx read it
+                body = BoundedBody(response.status_code, "", cap)
+                body.feed(response.content)
+                return Reply(response, body.body())
+            # The raw bytes, decoded here within the cap (httpx would inflate a chunk whole first).
+            body = BoundedBody(response.status_code, response.headers.get("content-encoding", ""), cap)
+            async for chunk in response.aiter_raw():
+                body.feed(chunk)
+            return Reply(response, body.body())
 
 
 def is_timeout(exc: httpx.TransportError) -> bool:

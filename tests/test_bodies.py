@@ -1,0 +1,66 @@
+"""ckpt_exporter.bodies: a response body decoded within its cap, whatever the encoding layers."""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+
+import pytest
+
+from ckpt_exporter.bodies import BadEncoding, BoundedBody, TooLarge
+from tests.hostile import gzip_bomb
+
+CAP = 1 << 20
+DOCUMENT = b'{"object": "list", "data": [], "has_more": false}' * 100
+
+
+def read(encoding: str, data: bytes, chunk: int = 7, cap: int = CAP) -> bytes:
+    body = BoundedBody(200, encoding, cap)
+    for start in range(0, len(data), chunk):
+        body.feed(data[start : start + chunk])
+    return body.body()
+
+
+@pytest.mark.parametrize(
+    ("encoding", "data"),
+    [
+        ("", DOCUMENT),
+        ("identity", DOCUMENT),
+        ("gzip", gzip.compress(DOCUMENT)),
+        ("x-gzip", gzip.compress(DOCUMENT)),
+        ("GZip", gzip.compress(DOCUMENT)),
+        ("deflate", zlib.compress(DOCUMENT)),
+        ("deflate", zlib.compress(DOCUMENT)[2:-4]),  # raw deflate, as some servers send it
+        ("gzip, identity", gzip.compress(DOCUMENT)),
+    ],
+)
+def test_one_layer_of_gzip_or_deflate_decodes_exactly(encoding: str, data: bytes) -> None:
+    assert read(encoding, data) == DOCUMENT
+
+
+@pytest.mark.parametrize("encoding", ["gzip, gzip", "deflate, gzip", "br", "zstd", "compress"])
+def test_stacked_or_unasked_encodings_are_refused_before_decoding(encoding: str) -> None:
+    with pytest.raises(BadEncoding) as refused:
+        BoundedBody(200, encoding, CAP)
+    assert str(refused.value) == f"Content-Encoding {encoding!r}: only one of gzip, deflate is read"
+
+
+def test_a_gzip_bomb_stops_at_the_cap_without_inflating_the_rest() -> None:
+    bomb = gzip_bomb(1 << 30, layers=1)  # 1 GiB of zeros in about 1 MB
+    body = BoundedBody(200, "gzip", CAP)
+    with pytest.raises(TooLarge) as over:
+        for start in range(0, len(bomb), 65536):
+            body.feed(bomb[start : start + 65536])
+    assert body.size == CAP + 1  # never a byte more decoded than the cap allows, plus one
+    assert str(over.value) == f"the response is larger than {CAP} bytes (at least {CAP + 1})"
+
+
+def test_a_body_that_does_not_decode_is_a_bad_encoding() -> None:
+    with pytest.raises(BadEncoding) as bad:
+        read("gzip", b"not gzip at all")
+    assert str(bad.value).startswith("the gzip body does not decode (")
+
+
+def test_an_identity_body_over_the_cap_is_too_large() -> None:
+    with pytest.raises(TooLarge):
+        read("", b"x" * (CAP + 1), chunk=65536)
