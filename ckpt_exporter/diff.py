@@ -20,12 +20,16 @@ from dataclasses import dataclass, field
 
 from pydantic import ValidationError
 
-from ckpt_exporter.models import Checkpoint, Rejected, describe, parse_checkpoint
+from ckpt_exporter.models import Checkpoint, Rejected, describe, invalid_reason, parse_checkpoint
 from ckpt_exporter.pages import FetchPage, Order, PageWalker, learn_order
 
 log = logging.getLogger(__name__)
 
 MAX_LIMIT = 100  # the largest `limit` a reconciling read asks for
+# What one job may make us hold: real jobs have a few (OpenAI keeps the last 3 epochs' checkpoints),
+# Azure one per epoch. Past it the list is read no further, and the rest is counted, not kept.
+MAX_CHECKPOINTS = 1000
+MAX_CHECKPOINT_PAGES = 1000  # pages per walk: all of MAX_CHECKPOINTS even at page_size 1
 
 
 @dataclass
@@ -90,6 +94,7 @@ class CheckpointDiff:
         walker = self._walker(fetch, None, limit)
         while (page := await walker.next_page()) is not None:
             listed.extend(page)
+            listed = self._within(listed, MAX_CHECKPOINTS, walker, result)
         result.absorb(walker)
         seen = {c.id: c for c in listed}
         result.new = [c for c in seen.values() if c.id not in self.known]
@@ -109,8 +114,9 @@ class CheckpointDiff:
                     found_known = True
                     break
                 new.append(item)
+            new = self._within(new, MAX_CHECKPOINTS - len(self.known), walker, result)
         result.absorb(walker)
-        if not found_known:
+        if not found_known and not walker.truncated:
             # We read the whole list without meeting a known id: it is a full read after all.
             removed = list(self.known)
             self.known = {c.id: c for c in new}
@@ -126,11 +132,28 @@ class CheckpointDiff:
         walker = self._walker(fetch, newest.id, self.page_size)
         while (page := await walker.next_page()) is not None:
             new.extend(item for item in page if item.id not in self.known)
+            new = self._within(new, MAX_CHECKPOINTS - len(self.known), walker, result)
         result.absorb(walker)
         self._apply_new(new, result)
 
     def _walker(self, fetch: FetchPage, after: str | None, limit: int) -> PageWalker[Checkpoint]:
-        return PageWalker(fetch, after, limit, checkpoint_parser(self.job_id))
+        return PageWalker(fetch, after, limit, checkpoint_parser(self.job_id), MAX_CHECKPOINT_PAGES)
+
+    @staticmethod
+    def _within(
+        items: list[Checkpoint], room: int, walker: PageWalker[Checkpoint], result: DiffResult
+    ) -> list[Checkpoint]:
+        """`items` up to the room left under MAX_CHECKPOINTS; past it the walk stops, counted."""
+        if len(items) <= room:
+            return items
+        walker.stop()
+        walker.truncated = True
+        result.rejected.append(
+            Rejected(
+                "too_many_checkpoints", f"the job lists more than {MAX_CHECKPOINTS}; the rest is not kept"
+            )
+        )
+        return items[: max(room, 0)]
 
     def _apply_new(self, new: list[Checkpoint], result: DiffResult) -> None:
         for item in new:
@@ -145,7 +168,7 @@ def checkpoint_parser(job_id: str) -> Callable[[object], Checkpoint | Rejected]:
     def parse(raw: object) -> Checkpoint | Rejected:
         parsed = parse_checkpoint(raw)
         if isinstance(parsed, ValidationError):
-            return Rejected("invalid_checkpoint", describe(parsed))
+            return Rejected(invalid_reason(parsed, "invalid_checkpoint"), describe(parsed))
         if parsed.fine_tuning_job_id != job_id:
             return Rejected("wrong_job", f"checkpoint {parsed.id} belongs to another job")
         return parsed

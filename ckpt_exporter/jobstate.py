@@ -143,24 +143,29 @@ class JobState:
         self.last_error = exc.reason
         return replace(snapshot, polled=True, up=False, errors=self._error_counts())
 
-    def _rejected(self, rejected: list[Rejected], source: str) -> None:
-        """Count every unusable item; log each reason once while it keeps coming back."""
+    def note_rejected(self, rejected: list[Rejected], source: str, *, clear: bool = True) -> None:
+        """Count every unusable item or bound hit; log each reason once while it keeps coming back.
+
+        `source` is the list (checkpoints, events) or "job" (the job's own document). A read that
+        could have met a reason and did not (`clear`) ends its "while": the next one is logged again.
+        """
         reasons = {(source, item.reason) for item in rejected}
         for item in rejected:
             self.count(item.reason)
             if (source, item.reason) not in self.rejects_logged:
                 self.rejects_logged.add((source, item.reason))
                 log.warning(
-                    "job %s: ignored an item of the %s list (%s): %s (counted; logged once while it recurs)",
+                    "job %s: %s (%s): %s (counted; logged once while it recurs)",
                     self.job_id,
-                    source,
+                    _what(source, item.reason),
                     item.reason,
                     item.detail,
                 )
-        self.rejects_logged &= reasons | {r for r in self.rejects_logged if r[0] != source}
+        if clear:
+            self.rejects_logged &= reasons | {r for r in self.rejects_logged if r[0] != source}
 
     def _events_read(self, snapshot: JobSnapshot, result: EventsResult) -> JobSnapshot:
-        self._rejected(result.rejected, "events")
+        self.note_rejected(result.rejected, "events")
         for event in result.new:
             if event.level in ("warn", "error"):
                 log.info("job %s: %s event: %s", self.job_id, event.level, event.message[:200])
@@ -176,7 +181,8 @@ class JobState:
         if self.last_error is not None:
             log.info("job %s: polls succeed again", job_id)
             self.last_error = None
-        self._rejected(result.rejected, "checkpoints")
+        # Only a full read meets again the items an incremental one stops before.
+        self.note_rejected(result.rejected, "checkpoints", clear=result.full_read)
         discovered = snapshot.discovered_total
         if not self.read_once:
             self.read_once = True
@@ -203,3 +209,14 @@ class JobState:
             last_success=now,
             discovered_total=discovered,
         )
+
+
+BOUNDS = frozenset({"too_many_pages", "too_many_checkpoints", "too_many_event_levels"})
+
+
+def _what(source: str, reason: str) -> str:
+    if source == "job":
+        return "ignored its job document"
+    if reason in BOUNDS:
+        return f"the {source} list went past a bound"
+    return f"ignored an item of the {source} list"

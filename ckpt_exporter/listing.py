@@ -16,7 +16,15 @@ from dataclasses import dataclass, field
 from pydantic import ValidationError
 
 from ckpt_exporter.api import ApiClient
-from ckpt_exporter.models import ApiError, FineTuningJob, ListPage, Rejected, describe, parse_job
+from ckpt_exporter.models import (
+    ApiError,
+    FineTuningJob,
+    ListPage,
+    Rejected,
+    describe,
+    invalid_reason,
+    parse_job,
+)
 from ckpt_exporter.pages import PageWalker
 
 # The poller's logger: operators filter on it (docs/operations.md quotes its lines).
@@ -65,7 +73,16 @@ def parse_listed_job(raw: object) -> FineTuningJob | Rejected:
     try:
         return parse_job(raw)
     except ValidationError as exc:
-        return Rejected("invalid_job", describe(exc))
+        return Rejected(invalid_reason(exc, "invalid_job"), describe(exc))
+
+
+@dataclass
+class Discovered:
+    """What a discovery walk found, and what ended it before the listing's end, if anything (a
+    pagination loop, the page bound, a failed page): then the jobs found are watched, none dropped."""
+
+    found: dict[str, FineTuningJob]
+    stopped: ApiError | None = None
 
 
 class Listing:
@@ -85,7 +102,8 @@ class Listing:
     @staticmethod
     def _log_rejected(walker: PageWalker[FineTuningJob]) -> None:
         for item in walker.rejected:
-            log.warning("jobs listing: ignored an invalid job (%s)", item.detail)
+            if item.reason != "too_many_pages":  # the walk's end, not a job: see `truncated`
+                log.warning("jobs listing: ignored an invalid job (%s: %s)", item.reason, item.detail)
         walker.rejected.clear()
 
     async def statuses(
@@ -110,24 +128,30 @@ class Listing:
         now: float,
         watched: Collection[str],
         apply: Callable[[FineTuningJob], None],
-    ) -> dict[str, FineTuningJob]:
+    ) -> Discovered:
         """The jobs that match the filters and this shard; `apply` gets every watched job seen."""
         found: dict[str, FineTuningJob] = {}
         walker = self._walker(discovery.metadata, MAX_DISCOVERY_PAGES)
         max_age = discovery.max_age_seconds
-        while (documents := await walker.next_page()) is not None:
-            self._log_rejected(walker)
-            for document in documents:
-                if document.id in watched:
-                    apply(document)
-                if discovery.matches(document, now) and shard.owns(document.id):
-                    found[document.id] = document
-            if not documents:
-                break
-            if max_age is not None and all(d.created_at < now - max_age for d in documents):
-                break  # the listing is newest first: the rest is older still
+        try:
+            while (documents := await walker.next_page()) is not None:
+                self._log_rejected(walker)
+                for document in documents:
+                    if document.id in watched:
+                        apply(document)
+                    if discovery.matches(document, now) and shard.owns(document.id):
+                        found[document.id] = document
+                if not documents:
+                    break
+                if max_age is not None and all(d.created_at < now - max_age for d in documents):
+                    break  # the listing is newest first: the rest is older still
+        except ApiError as exc:
+            return Discovered(found, exc)
+        if walker.truncated:
+            bound = ApiError("too_many_pages", f"the listing goes on past {MAX_DISCOVERY_PAGES} pages")
+            return Discovered(found, bound)
         self._last_error = None
-        return found
+        return Discovered(found)
 
     def failed(self, exc: ApiError) -> None:
         """Log a failed walk once per reason (a 401/403 is the account's, logged by the poller)."""

@@ -31,7 +31,11 @@ from pydantic.dataclasses import dataclass
 
 # Strictness is per field (Strict* types): a strict config would refuse dicts for dataclasses.
 KEPT = ConfigDict(extra="ignore", allow_inf_nan=False)
-NonEmpty = Annotated[StrictStr, Field(min_length=1)]
+# Every string the exporter keeps or exports (ids, statuses, models, suffixes, levels) is bounded: the
+# longest real ones are about 100 characters (a fine-tuned model name), metadata values 512.
+MAX_STRING_LENGTH = 512
+Text = Annotated[StrictStr, Field(max_length=MAX_STRING_LENGTH)]
+NonEmpty = Annotated[StrictStr, Field(min_length=1, max_length=MAX_STRING_LENGTH)]
 
 # The checkpoint metric fields, in the order they are exported.
 METRIC_FIELDS = (
@@ -61,9 +65,9 @@ class CheckpointMetrics:
 class Checkpoint:
     id: NonEmpty
     created_at: StrictInt
-    fine_tuning_job_id: StrictStr
+    fine_tuning_job_id: Text
     step_number: StrictInt
-    fine_tuned_model_checkpoint: StrictStr | None = None
+    fine_tuned_model_checkpoint: Text | None = None
     metrics: CheckpointMetrics = CheckpointMetrics()
 
     @property
@@ -105,13 +109,13 @@ class FineTuningJob:
     id: NonEmpty
     status: NonEmpty
     created_at: StrictInt
-    model: StrictStr | None = None
-    fine_tuned_model: StrictStr | None = None
+    model: Text | None = None
+    fine_tuned_model: Text | None = None
     finished_at: StrictInt | None = None
     trained_tokens: StrictInt | None = None
     estimated_finish: StrictInt | None = None
-    user_provided_suffix: StrictStr | None = None
-    metadata: dict[StrictStr, StrictStr] | None = None
+    user_provided_suffix: Text | None = None
+    metadata: dict[Text, Text] | None = None
 
     @property
     def suffix(self) -> str:
@@ -151,9 +155,9 @@ class JobEvent(BaseModel):
 
     model_config = ConfigDict(strict=True, frozen=True, extra="ignore")
 
-    id: str
+    id: Annotated[str, Field(max_length=MAX_STRING_LENGTH)]
     created_at: int
-    level: str
+    level: Annotated[str, Field(max_length=MAX_STRING_LENGTH)]
     message: str = ""
     type: str | None = None
     data: dict[str, Any] | None = None
@@ -182,6 +186,11 @@ class Rejected:
 
     reason: str
     detail: str
+
+
+def invalid_reason(error: ValidationError, reason: str) -> str:
+    """`reason`, or string_too_long when a string over MAX_STRING_LENGTH is what made the item invalid."""
+    return "string_too_long" if any(e["type"] == "string_too_long" for e in error.errors()) else reason
 
 
 def describe(error: ValidationError) -> str:

@@ -30,7 +30,16 @@ from ckpt_exporter.events import EventsResult
 from ckpt_exporter.exposition import ExpositionCache
 from ckpt_exporter.jobstate import JobState
 from ckpt_exporter.listing import Discovery, Listing, Shard
-from ckpt_exporter.models import TERMINAL_STATUSES, ApiError, FineTuningJob, ListPage, parse_job
+from ckpt_exporter.models import (
+    TERMINAL_STATUSES,
+    ApiError,
+    FineTuningJob,
+    ListPage,
+    Rejected,
+    describe,
+    invalid_reason,
+    parse_job,
+)
 from ckpt_exporter.selfmetrics import SelfMetrics
 from ckpt_exporter.snapshot import JobSnapshot
 from ckpt_exporter.turns import Turns
@@ -280,9 +289,8 @@ class Poller:
             self.auth.note([exc], epoch)
             self._publish(job, job.failed(job.snapshot, exc, self._clock(), self._poll_interval))
             return
-        except ValidationError:
-            job.count("invalid_job")
-            log.warning("job %s: the job document is invalid; status unknown", job.job_id)
+        except ValidationError as exc:  # status unknown: its checkpoints are polled still
+            job.note_rejected([Rejected(invalid_reason(exc, "invalid_job"), describe(exc))], "job")
             return
         self._apply_status(job, document)
 
@@ -301,22 +309,23 @@ class Poller:
         def seen(document: FineTuningJob) -> None:
             self._apply_status(self._jobs[document.id], document)
 
-        try:
-            found = await self._listing.discover(discovery, self._shard, now, self._jobs, seen)
-        except ApiError as exc:
-            self._listing_failed(exc, epoch)
-            self._next_discovery = now + min(discovery.interval, self._poll_interval)
-            return
-        for job in list(self._jobs.values()):
-            if not job.configured and job.job_id not in found:
-                self._untrack(job.job_id, "no longer matches the discovery filters")
+        discovered = await self._listing.discover(discovery, self._shard, now, self._jobs, seen)
+        found = discovered.found
+        if discovered.stopped is None:
+            for job in list(self._jobs.values()):
+                if not job.configured and job.job_id not in found:
+                    self._untrack(job.job_id, "no longer matches the discovery filters")
         new = [job_id for job_id in found if job_id not in self._jobs]
         for job_id in new:
             self._track(job_id, configured=False, document=found[job_id])
         if new:
             log.info("discovery: %d new job(s) to watch, %d in all", len(new), len(self._jobs))
-        self._discovered_once = True
-        self._next_discovery = now + discovery.interval
+        if discovered.stopped is not None:  # the jobs found before it are watched; again soon
+            self._listing_failed(discovered.stopped, epoch)
+            self._next_discovery = now + min(discovery.interval, self._poll_interval)
+        else:
+            self._discovered_once = True
+            self._next_discovery = now + discovery.interval
         fresh = set(new)
         await asyncio.gather(*self.dispatch(only=lambda job: job.job_id in fresh), return_exceptions=True)
 

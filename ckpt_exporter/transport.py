@@ -37,23 +37,37 @@ class KeySource:
         self._key = key
         self._file = key_file
         self._stamp: FileStamp | None = None
+        self._problem: str | None = None  # what is wrong with the file, logged once
         register_secret(key)
 
     def get(self) -> str | None:
         if self._file is None:
             return self._key
         stamp = file_stamp(self._file)
-        if stamp is None or stamp == self._stamp:
-            return self._key  # unchanged, or being swapped (keep the last key we read)
+        if stamp == self._stamp:
+            return self._key
+        if stamp is None:  # removed, or a Secret being swapped: keep the last key we read
+            self._stamp = None
+            return self._keep("cannot be read (missing or unreadable)")
         try:
             key = self._file.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError):
-            return self._key
-        register_secret(key)
-        if key and self._key is not None and key != self._key:
-            log.info("the API key file %s changed: using the new key", self._file)
-        self._key = key or self._key
+        except (OSError, UnicodeDecodeError) as exc:
+            return self._keep(f"cannot be read ({type(exc).__name__})")
         self._stamp = stamp
+        if not key:
+            return self._keep("is empty")
+        register_secret(key)
+        if self._key is not None and key != self._key:
+            log.info("the API key file %s changed: using the new key", self._file)
+        elif self._problem is not None:
+            log.info("the API key file %s is readable again: using its key", self._file)
+        self._key, self._problem = key, None
+        return self._key
+
+    def _keep(self, problem: str) -> str | None:
+        if problem != self._problem:
+            self._problem = problem
+            log.warning("the API key file %s %s: still using the key read before", self._file, problem)
         return self._key
 
 

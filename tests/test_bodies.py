@@ -8,7 +8,7 @@ import zlib
 import pytest
 
 from ckpt_exporter.bodies import BadEncoding, BoundedBody, TooLarge
-from tests.hostile import gzip_bomb
+from tests.hostile_api import gzip_bomb
 
 CAP = 1 << 20
 DOCUMENT = b'{"object": "list", "data": [], "has_more": false}' * 100

@@ -1,14 +1,14 @@
 """A hostile fine-tuning API of the tests' own, for issue 12: what a broken or malicious API (or a
 proxy in front of one) could send, byte for byte.
 
-ckpt_exporter.fakeapi is a well-behaved API with faults; this one is a bare HTTP/1.1 server on a
+ckpt_exporter.fake is a well-behaved API with faults; this one is a bare HTTP/1.1 server on a
 raw socket (keep-alive, Content-Length, nothing else) whose answers are plain functions, so that a
 test can send anything: stacked `Content-Encoding: gzip, gzip` bombs, lists whose `has_more` never
 ends (fresh cursors on every page), cursor cycles A -> B -> A in the jobs listing, strings holding
 every line-break and control character. Every request is recorded.
 
     api = HostileApi()
-    api.add_job("ftjob-a", checkpoints=[checkpoint("ftjob-a", 1)])
+    api.add_job("ftjob-a").checkpoints.append(checkpoint("ftjob-a", 1))
     api.answers[("checkpoints", "ftjob-a")] = gzip_bomb_answer(1 << 30, layers=2)
     with HostileServer(api) as server:
         ... CKPT_EXPORTER_API_BASE_URL=server.base_url ...
@@ -26,7 +26,6 @@ import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -113,7 +112,8 @@ def page(items: list[dict[str, Any]], query: Query, newest_first: bool = False) 
 def endless(item: Callable[[int], dict[str, Any]]) -> Route:
     """A list that never ends: every page is full, says has_more, and its last id is new.
 
-    The cursor is the position: `after=<id of item n>` starts at item n + 1 (ids end in n).
+    The cursor is the position: `after=<id of item n>` starts at item n + 1 (item n's id must end
+    in `-n`).
     """
 
     def route(query: Query) -> Answer:
@@ -301,11 +301,3 @@ class HostileServer:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
-
-
-def peak_rss_mb(pid: int) -> float:
-    """The process's peak resident set (VmHWM), in MiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError(f"no VmHWM for process {pid}")
