@@ -18,7 +18,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import ValidationError
 
-from ckpt_exporter.bodies import BadEncoding, TooLarge
+from ckpt_exporter.bodies import MAX_JSON_VALUES, BadEncoding, TooLarge, json_values_at_most
 from ckpt_exporter.gate import RequestGate, WaitObserver, rate_budget
 from ckpt_exporter.logging_setup import redact
 from ckpt_exporter.models import ApiError, ListPage
@@ -114,6 +114,10 @@ class ApiClient:
                 status=reply.status,
                 retry_after=retry_after_seconds(reply.response),
             )
+        if (values := json_values_at_most(reply.body)) > MAX_JSON_VALUES:
+            raise ApiError(
+                "too_large", f"the response holds up to {values} JSON values, over {MAX_JSON_VALUES}"
+            )
         try:
             return json.loads(reply.body)
         except (ValueError, UnicodeDecodeError, RecursionError) as exc:
@@ -178,6 +182,8 @@ _STATUS_HINTS = {
 
 def _error_message(reply: Reply) -> str:
     """The API's own error message, one line, without any key it might echo."""
+    if json_values_at_most(reply.body) > MAX_JSON_VALUES:
+        return reply.response.reason_phrase or "error"
     try:
         message = json.loads(reply.body)["error"]["message"]
     except (ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError):

@@ -11,6 +11,10 @@ from __future__ import annotations
 import zlib
 
 ACCEPT_ENCODING = "gzip, deflate"
+# Parsed, JSON takes up to some 25 times its size (`[{},{},...]`: a dict of 64 bytes for every 3),
+# so a body is parsed only if it holds at most this many values: a page of 100 jobs, the largest
+# real one, holds a few thousand.
+MAX_JSON_VALUES = 200_000
 DECODED = ("gzip", "x-gzip", "deflate")
 
 
@@ -93,3 +97,13 @@ class BoundedBody:
             except zlib.error as exc:
                 raise BadEncoding(self._status, f"the {self._coding} body does not decode ({exc})") from None
         return b"".join(self._chunks)
+
+
+def json_values_at_most(body: bytes) -> int:
+    """An upper bound on the number of values in a JSON text: each one but the first follows a `[`,
+    a `,` or a `:` (those inside strings count too, which only raises the bound).
+
+    >>> json_values_at_most(b'{"data": [1, {"a": []}], "has_more": false}')
+    8
+    """
+    return 1 + body.count(b"[") + body.count(b",") + body.count(b":")

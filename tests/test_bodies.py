@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import gzip
+import json
 import zlib
 
+import httpx
 import pytest
 
-from ckpt_exporter.bodies import BadEncoding, BoundedBody, TooLarge
+from ckpt_exporter.api import ApiClient
+from ckpt_exporter.bodies import MAX_JSON_VALUES, BadEncoding, BoundedBody, TooLarge, json_values_at_most
+from ckpt_exporter.models import ApiError
 from tests.hostile_api import gzip_bomb
 
 CAP = 1 << 20
@@ -64,3 +68,35 @@ def test_a_body_that_does_not_decode_is_a_bad_encoding() -> None:
 def test_an_identity_body_over_the_cap_is_too_large() -> None:
     with pytest.raises(TooLarge):
         read("", b"x" * (CAP + 1), chunk=65536)
+
+
+@pytest.mark.parametrize(
+    ("document", "values"),
+    [
+        # the object, data's list, the item, its id, metrics, x's list, 1, 2, None, "s", has_more
+        ({"data": [{"id": "a,b:c[", "metrics": {"x": [1, 2]}}, None, "s"], "has_more": False}, 11),
+        ([], 1),
+        ([[], {}, "", 0], 5),
+        ({"a": {"b": {"c": {}}}}, 4),
+    ],
+)
+def test_the_json_values_bound_is_never_below_the_values_held(document: object, values: int) -> None:
+    assert json_values_at_most(json.dumps(document).encode()) >= values
+
+
+async def test_a_body_of_too_many_json_values_is_refused_before_it_is_parsed() -> None:
+    """`[{},{},...]` of 8 MB would take some 200 MB parsed: too_large, nothing parsed."""
+    body = b"[" + b"{}," * MAX_JSON_VALUES + b"{}]"
+    http = httpx.AsyncClient(
+        base_url="https://api.test/v1/",
+        transport=httpx.MockTransport(lambda request: httpx.Response(200, content=body)),
+    )
+    async with http:
+        client = ApiClient(http, max_retries=0)
+        with pytest.raises(ApiError) as refused:
+            await client.get_json("checkpoints", "fine_tuning/jobs/ftjob-1/checkpoints", job="ftjob-1")
+    assert refused.value.reason == "too_large"
+    assert (
+        str(refused.value)
+        == f"the response holds up to {MAX_JSON_VALUES + 2} JSON values, over {MAX_JSON_VALUES}"
+    )

@@ -146,7 +146,9 @@ def test_soak_random_hostile_answers_memory_bounded_and_healthy_jobs_flow() -> N
             api.answers[(endpoint, job_id)] = random_hostile_route(rng, job_id, endpoint)
     first, second = job_document("ftjob-soak-cycle-a"), job_document("ftjob-soak-cycle-b")
     api.answers[("jobs", "")] = cursor_cycle([first], [second])
-    with exporter_for(api, [*healthy, *hostile]) as exporter:
+    # Memory is bounded by the exporter's own (about 60 MB) plus 8 MiB per body in flight: at most
+    # max_concurrency of them (docs/operations.md, Bounds); four leave the bound well apart from 150 MB.
+    with exporter_for(api, [*healthy, *hostile], max_concurrency="4") as exporter:
         for step in range(2, 22):  # a new checkpoint on every healthy job, 20 times over
             with api.lock:
                 for job_id in healthy:
