@@ -12,12 +12,13 @@ faults on demand.
     with FakeApiServer(api) as server:
         print(server.base_url)        # http://127.0.0.1:PORT/v1
 
-The modules, in the order a request meets them: server (the thread runner), routes (paths,
-credentials, paging), state (FakeApi: jobs, checkpoints, events, the request log), documents (the
-JSON shapes), faults and fault_answers (what goes wrong, when, and how it is served), and training
-(the demo's simulated jobs).
+The modules, in the order a request meets them: server (the thread runner), routes (paths and
+paging), auth (what each of OpenAI's and Azure's address forms accepts), state (FakeApi: jobs,
+checkpoints, events, the request log), documents (the JSON shapes), faults and fault_answers
+(what goes wrong, when, and how it is served), and training (the demo's simulated jobs).
 """
 
+from ckpt_exporter.fake.auth import AddressForm, TokenCheck, address_form
 from ckpt_exporter.fake.documents import FakeJob
 from ckpt_exporter.fake.faults import FAULT_KINDS, Fault, ServedFault
 from ckpt_exporter.fake.routes import RequestRecord
@@ -27,6 +28,7 @@ from ckpt_exporter.fake.training import SimulatedTraining
 
 __all__ = [
     "FAULT_KINDS",
+    "AddressForm",
     "FakeApi",
     "FakeApiServer",
     "FakeJob",
@@ -34,4 +36,6 @@ __all__ = [
     "RequestRecord",
     "ServedFault",
     "SimulatedTraining",
+    "TokenCheck",
+    "address_form",
 ]

@@ -2,15 +2,29 @@
 
 A job (FakeJob.document()), a checkpoint, an event, an error body and a list page. Pure data: no
 HTTP here, so that the state, the routes and the fault answers all build the same shapes.
+
+The `azure` flavour uses Azure's names (as its fine-tuning tutorial's outputs show them):
+checkpoint ids `ftchkpt-<32 hex>`, and checkpoint and fine-tuned model names `<model>.ft-<32 hex>`
+(gpt-4.1-2025-04-14.ft-966a5a930e6d4404884f52441e7688c8) where OpenAI writes
+`ft:<model>:<org>:<suffix>:<id>[:ckpt-step-<n>]`, and a checkpoint's `metrics.step` as a float
+(`"step": 100.0`; step_number stays an integer). Azure also reports a job `paused` (a
+reinforcement job that reached its cost limit), a status OpenAI's schema does not list.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 TERMINAL = ("succeeded", "failed", "cancelled")
+FLAVORS = ("openai", "azure")
+
+
+def azure_hex(*parts: object) -> str:
+    """32 hex digits, as in Azure's ids and model names; the same parts give the same digits."""
+    return hashlib.sha256("/".join(map(str, parts)).encode()).hexdigest()[:32]
 
 
 @dataclass
@@ -27,20 +41,36 @@ class FakeJob:
     trained_tokens: int | None = None
     estimated_finish: int | None = None
     finished_at: int | None = None
+    flavor: str = "openai"
+    method: dict[str, Any] | None = None  # None: a supervised job, whose document has no `method`
+    hyperparameters: dict[str, Any] | None = None  # None: the supervised defaults below
+
+    def fine_tuned_model(self) -> str:
+        if self.flavor == "azure":
+            return f"{self.model}.ft-{azure_hex(self.id)}"
+        return f"ft:{self.model}:org:{self.suffix or ''}:{self.id[-8:]}"
+
+    def checkpoint_model(self, step: int) -> str:
+        """The name of the model a checkpoint at `step` is deployed as."""
+        if self.flavor == "azure":
+            return f"{self.model}.ft-{azure_hex(self.id, step)}"
+        return f"ft:{self.model}:org::{self.id[-8:]}:ckpt-step-{step}"
+
+    def checkpoint_id(self, serial: int) -> str:
+        return f"ftchkpt-{azure_hex(self.id, serial)}" if self.flavor == "azure" else f"ftckpt_{serial:06d}"
 
     def document(self) -> dict[str, Any]:
         """The job as GET /fine_tuning/jobs/{id} returns it."""
         succeeded = self.status == "succeeded"
-        return {
+        document = {
             "object": "fine_tuning.job",
             "id": self.id,
             "created_at": self.created_at,
             "error": None,
             "finished_at": self.finished_at,
-            "fine_tuned_model": f"ft:{self.model}:org:{self.suffix or ''}:{self.id[-8:]}"
-            if succeeded
-            else None,
-            "hyperparameters": {"n_epochs": 3, "batch_size": 1, "learning_rate_multiplier": 1.0},
+            "fine_tuned_model": self.fine_tuned_model() if succeeded else None,
+            "hyperparameters": self.hyperparameters
+            or {"n_epochs": 3, "batch_size": 1, "learning_rate_multiplier": 1.0},
             "model": self.model,
             "organization_id": "org-fake",
             "result_files": [],
@@ -53,6 +83,9 @@ class FakeJob:
             "metadata": self.metadata,
             "user_provided_suffix": self.suffix,
         }
+        if self.method is not None:
+            document["method"] = self.method
+        return document
 
 
 def checkpoint_document(
@@ -63,9 +96,10 @@ def checkpoint_document(
         "object": "fine_tuning.job.checkpoint",
         "id": checkpoint_id,
         "created_at": created_at,
-        "fine_tuned_model_checkpoint": f"ft:{job.model}:org::{job.id[-8:]}:ckpt-step-{step}",
+        "fine_tuned_model_checkpoint": job.checkpoint_model(step),
         "fine_tuning_job_id": job.id,
-        "metrics": {"step": step, **metrics},
+        # Azure writes the metrics' step as a float (100.0), OpenAI as an integer
+        "metrics": {"step": float(step) if job.flavor == "azure" else step, **metrics},
         "step_number": step,
     }
 

@@ -1,8 +1,9 @@
-"""The fake API's HTTP face: the paths it serves, the key check, and one page at a time.
+"""The fake API's HTTP face: the paths it serves, the credential check, and one page at a time.
 
-OpenAI's paths under /v1 (or the prefix given), Azure's under /openai (api-version required) and
-/openai/v1. Every request is counted and logged first, then its credentials are checked, then the
-job it names must exist; faults (fault_answers.py) alter the answer after that.
+OpenAI's paths under /v1 (or the prefix given); Azure's three address forms: /openai (api-version
+required), /openai/v1 and Foundry's /api/projects/<project>/openai/v1 (auth.py says which
+credentials each accepts). Every request is counted and logged first, then its credentials are
+checked, then the job it names must exist; faults (fault_answers.py) alter the answer after that.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from ckpt_exporter.fake.auth import AZURE_BASES, AddressForm, Credentials, address_form
 from ckpt_exporter.fake.documents import list_page
 from ckpt_exporter.fake.fault_answers import ENDPOINT, fault_middleware, http_error
 
@@ -30,30 +32,16 @@ class RequestRecord:
 
 
 def build_app(api: FakeApi, prefix: str = "/v1") -> web.Application:
-    """Serves the OpenAI paths (/v1/...) and Azure's (/openai/... with api-version, /openai/v1/...)."""
+    """Serves the OpenAI paths (/v1/... and `prefix`) and Azure's three address forms."""
     routes = _Routes(api)
     app = web.Application(middlewares=[fault_middleware(api.faults, api.checkpoint)])
-    for base in {prefix, "/v1", "/openai", "/openai/v1"}:
+    custom = [prefix] if address_form(prefix + "/") is AddressForm.OPENAI and prefix != "/v1" else []
+    for base in ("/v1", *custom, *AZURE_BASES):
         app.router.add_get(base + "/fine_tuning/jobs", routes.jobs)
         app.router.add_get(base + "/fine_tuning/jobs/{job_id}", routes.job)
         app.router.add_get(base + "/fine_tuning/jobs/{job_id}/checkpoints", routes.checkpoints)
         app.router.add_get(base + "/fine_tuning/jobs/{job_id}/events", routes.events)
     return app
-
-
-def check_credentials(request: web.Request, api_key: str | None) -> web.Response | None:
-    """Azure's paths want api-version (except /openai/v1) and the key in an api-key header;
-    OpenAI's want `Authorization: Bearer <key>`. None: the request may go on."""
-    if request.path.startswith("/openai/"):
-        if not request.path.startswith("/openai/v1/") and "api-version" not in request.query:
-            return http_error(404, "Resource not found (missing api-version)", "404")
-        supplied = request.headers.get("api-key")
-    else:
-        authorization = request.headers.get("Authorization", "")
-        supplied = authorization.removeprefix("Bearer ") if authorization.startswith("Bearer ") else None
-    if api_key is not None and supplied != api_key:
-        return http_error(401, "Incorrect API key provided.", "invalid_api_key")
-    return None
 
 
 class _Routes:
@@ -67,8 +55,9 @@ class _Routes:
             await asyncio.sleep(self.api.latency)
         record = RequestRecord(request.path, dict(request.query), dict(request.headers), time.time())
         self.api.note_request(endpoint, job_id, record)
-        if (refused := check_credentials(request, self.api.api_key)) is not None:
-            return refused
+        credentials = Credentials(self.api.api_key, self.api.token_check, self.api.key_auth)
+        if (refused := credentials.refusal(request.path, request.query, request.headers)) is not None:
+            return web.json_response(refused.body, status=refused.status)
         if job_id and not self.api.has_job(job_id):
             return http_error(404, f"Could not find fine-tune: {job_id}", "fine_tune_not_found")
         return None

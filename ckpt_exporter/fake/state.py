@@ -18,18 +18,44 @@ from typing import Any
 
 from aiohttp import web
 
-from ckpt_exporter.fake.documents import TERMINAL, FakeJob, checkpoint_document, event_document, window
+from ckpt_exporter.fake.auth import TokenCheck
+from ckpt_exporter.fake.documents import (
+    FLAVORS,
+    TERMINAL,
+    FakeJob,
+    checkpoint_document,
+    event_document,
+    window,
+)
 from ckpt_exporter.fake.faults import Fault, FaultSchedule, ServedFault
 from ckpt_exporter.fake.routes import RequestRecord, build_app
 
 
 class FakeApi:
-    """The API's state; the routes (routes.py) serve it, FakeApiServer runs them on loopback."""
+    """The API's state; the routes (routes.py) serve it, FakeApiServer runs them on loopback.
+
+    api_key: the valid key (None: none is checked, unless token_check is given); token_check:
+    True for a valid, unexpired Entra ID token (Azure's address forms); key_auth=False: keys are
+    refused with 403, as on a resource with disableLocalAuth; flavor "azure": Azure's ids and
+    model names in the documents. auth.py has what each address form accepts.
+    """
 
     def __init__(
-        self, *, api_key: str | None = None, newest_first: bool = True, latency: float = 0.0
+        self,
+        *,
+        api_key: str | None = None,
+        newest_first: bool = True,
+        latency: float = 0.0,
+        token_check: TokenCheck | None = None,
+        key_auth: bool = True,
+        flavor: str = "openai",
     ) -> None:
+        if flavor not in FLAVORS:
+            raise ValueError(f"unknown flavor {flavor!r}; one of {', '.join(FLAVORS)}")
         self.api_key = api_key
+        self.token_check = token_check
+        self.key_auth = key_auth
+        self.flavor = flavor
         self.newest_first = newest_first
         self.latency = latency
         self.jobs: dict[str, FakeJob] = {}
@@ -56,6 +82,7 @@ class FakeApi:
         """Add a job; `fields` set FakeJob attributes (model, suffix, metadata, trained_tokens...)."""
         with self._lock:
             job = FakeJob(job_id, self.newest_first if newest_first is None else newest_first, status)
+            job.flavor = self.flavor
             if created_at is not None:
                 job.created_at = created_at
             for name, value in fields.items():
@@ -112,12 +139,19 @@ class FakeApi:
                 job,
                 step,
                 metrics or {},
-                checkpoint_id or f"ftckpt_{next(self._ids):06d}",
+                checkpoint_id or job.checkpoint_id(next(self._ids)),
                 created_at if created_at is not None else job.created_at + step,
             )
             job.checkpoints.append(checkpoint)
             job.checkpoints.sort(key=lambda c: (c["step_number"], c["created_at"]))
             return checkpoint
+
+    def pause_for_cost_limit(self, job_id: str) -> None:
+        """Pause a job as Azure does when a reinforcement job's cost reaches its limit (Foundry's
+        RFT guide: "automatically pauses RFT jobs once they hit $5,000 in total training costs"):
+        status `paused`, and an event saying why (the fake's wording; Azure's is not documented)."""
+        self.update_job(job_id, status="paused")
+        self.add_event(job_id, "Job paused: its cost reached the job's cost limit.", level="warn")
 
     def remove_checkpoint(self, job_id: str, checkpoint_id: str) -> None:
         with self._lock:
