@@ -146,8 +146,7 @@ class CheckpointDiff:
         """`items` up to the room left under MAX_CHECKPOINTS; past it the walk stops, counted."""
         if len(items) <= room:
             return items
-        walker.stop()
-        walker.truncated = True
+        walker.stop(truncated=True)
         result.rejected.append(
             Rejected(
                 "too_many_checkpoints", f"the job lists more than {MAX_CHECKPOINTS}; the rest is not kept"

@@ -119,6 +119,9 @@ class Listing:
                     apply(document)
             if not documents or (oldest is not None and documents[-1].created_at < oldest):
                 break
+        if walker.truncated:  # the rest is read one job at a time
+            self.failed(ApiError("too_many_pages", f"the listing goes on past {MAX_STATUS_PAGES} pages"))
+            return
         self._last_error = None
 
     async def discover(

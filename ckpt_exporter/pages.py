@@ -108,6 +108,8 @@ class PageWalker(Generic[T]):
         self._after = cursor
         return valid
 
-    def stop(self) -> None:
-        """End the walk here: the caller has read as far as it needs."""
+    def stop(self, truncated: bool = False) -> None:
+        """End the walk here: the caller has read as far as it needs (or, `truncated`, as far as it
+        may: a bound of its own)."""
         self._done = True
+        self.truncated = self.truncated or truncated
