@@ -99,8 +99,11 @@ class EventFeed:
             return
         if self.order is not None:
             self.newest_id = (listed[0] if self.order is Order.NEWEST_FIRST else listed[-1]).id
-        for event in listed:
+        # Oldest first, so that the memory forgets the oldest: a newest-first read stops at the
+        # newest event it remembers, whatever the size of the burst before it.
+        for event in reversed(listed) if self.order is Order.NEWEST_FIRST else listed:
             self._seen[event.id] = None
+            self._seen.move_to_end(event.id)
         while len(self._seen) > SEEN_MEMORY:
             self._seen.popitem(last=False)
 

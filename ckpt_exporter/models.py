@@ -18,6 +18,7 @@ from dataclasses import dataclass as plain_dataclass
 from typing import Annotated, Any
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -31,7 +32,23 @@ from pydantic.dataclasses import dataclass
 
 # Strictness is per field (Strict* types): a strict config would refuse dicts for dataclasses.
 KEPT = ConfigDict(extra="ignore", allow_inf_nan=False)
-NonEmpty = Annotated[StrictStr, Field(min_length=1)]
+
+
+def _encodable(text: str) -> str:
+    """A string that UTF-8 can carry: JSON's escapes can make a lone surrogate, which it cannot."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("the string holds a lone surrogate (not valid Unicode)") from None
+    return text
+
+
+# An integer the exposition can write: beyond +-2**53 a float (every sample's type) loses digits,
+# and beyond about 1.8e308 it cannot hold it at all. No step, count or timestamp comes near.
+MAX_INTEGER = 2**53
+Text = Annotated[StrictStr, AfterValidator(_encodable)]
+NonEmpty = Annotated[Text, Field(min_length=1)]
+Integer = Annotated[StrictInt, Field(ge=-MAX_INTEGER, le=MAX_INTEGER)]
 
 # The checkpoint metric fields, in the order they are exported.
 METRIC_FIELDS = (
@@ -60,10 +77,10 @@ class CheckpointMetrics:
 @dataclass(config=KEPT, frozen=True, slots=True)
 class Checkpoint:
     id: NonEmpty
-    created_at: StrictInt
-    fine_tuning_job_id: StrictStr
-    step_number: StrictInt
-    fine_tuned_model_checkpoint: StrictStr | None = None
+    created_at: Integer
+    fine_tuning_job_id: Text
+    step_number: Integer
+    fine_tuned_model_checkpoint: Text | None = None
     metrics: CheckpointMetrics = CheckpointMetrics()
 
     @property
@@ -104,14 +121,14 @@ class FineTuningJob:
 
     id: NonEmpty
     status: NonEmpty
-    created_at: StrictInt
-    model: StrictStr | None = None
-    fine_tuned_model: StrictStr | None = None
-    finished_at: StrictInt | None = None
-    trained_tokens: StrictInt | None = None
-    estimated_finish: StrictInt | None = None
-    user_provided_suffix: StrictStr | None = None
-    metadata: dict[StrictStr, StrictStr] | None = None
+    created_at: Integer
+    model: Text | None = None
+    fine_tuned_model: Text | None = None
+    finished_at: Integer | None = None
+    trained_tokens: Integer | None = None
+    estimated_finish: Integer | None = None
+    user_provided_suffix: Text | None = None
+    metadata: dict[Text, Text] | None = None
 
     @property
     def suffix(self) -> str:
@@ -134,8 +151,8 @@ def parse_job(raw: Any) -> FineTuningJob:
 class MetricsEventData(CheckpointMetrics):
     """The data of a `metrics` event: a checkpoint's metric fields, an integer step, total_steps."""
 
-    step: StrictInt | None = None
-    total_steps: StrictInt | None = None
+    step: Integer | None = None
+    total_steps: Integer | None = None
 
 
 _metrics_event_data = TypeAdapter(MetricsEventData)
@@ -151,11 +168,11 @@ class JobEvent(BaseModel):
 
     model_config = ConfigDict(strict=True, frozen=True, extra="ignore")
 
-    id: str
-    created_at: int
-    level: str
-    message: str = ""
-    type: str | None = None
+    id: Text
+    created_at: Integer
+    level: Text
+    message: Text = ""
+    type: Text | None = None
     data: dict[str, Any] | None = None
 
 

@@ -1,0 +1,91 @@
+"""Hostile answers against the real exporter process: what they do to job_up, readiness and the
+rest of the data (issue 12, points 4, 5, 6 and 8).
+
+The API is tests/hostile.py: every answer is raw JSON text written here, valid or not.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.helpers import API_KEY, DrainedExporterProcess, parse_samples, wait_for
+from tests.hostile import HostileApi, checkpoint, document, job, page
+
+pytestmark = pytest.mark.integration
+
+JOBS = "fine_tuning/jobs"
+
+
+def exporter(api: HostileApi, jobs: list[str], **env: str) -> DrainedExporterProcess:
+    return DrainedExporterProcess(
+        {
+            "CKPT_EXPORTER_API_BASE_URL": api.base_url,
+            "CKPT_EXPORTER_API_KEY": API_KEY,
+            "CKPT_EXPORTER_JOBS": ",".join(jobs),
+            "CKPT_EXPORTER_MAX_RETRIES": "0",
+            **env,
+        }
+    )
+
+
+def by_job(text: str, name: str) -> dict[str, float]:
+    return {dict(labels)["job_id"]: value for (_, labels), value in parse_samples(text, name).items()}
+
+
+def errors(text: str) -> dict[tuple[str, str], float]:
+    return {
+        (dict(labels)["job_id"], dict(labels)["reason"]): value
+        for (_, labels), value in parse_samples(text, "ckpt_exporter_api_errors_total").items()
+    }
+
+
+def test_values_no_float_or_utf8_can_hold_are_counted_and_the_rest_of_the_job_is_exported() -> None:
+    """Point 4: an integer beyond float range, a lone surrogate, a cursor too long for a URL, a
+    poisoned document in the listing."""
+    huge, surrogate = "1" + "0" * 400, '"\\ud800"'
+    with HostileApi() as api:
+        # ftjob-c's entry in the listing has trained_tokens beyond any float: skipped, the rest kept.
+        poisoned = job("ftjob-c").replace('"created_at": 1', f'"trained_tokens": {huge}, "created_at": 1')
+        api.routes[JOBS] = page(job("ftjob-a"), poisoned, job("ftjob-b"))
+        api.routes[f"{JOBS}/ftjob-c"] = document(job("ftjob-c"))
+        api.routes[f"{JOBS}/ftjob-a/checkpoints"] = page(
+            checkpoint("ftjob-a", 10),
+            checkpoint("ftjob-a", 20).replace('"step_number": 20', f'"step_number": {huge}'),
+            checkpoint("ftjob-a", 30).replace('"ftckpt-ftjob-a-30"', surrogate),
+        )
+        # ftjob-b: a first page whose cursor makes the next page's URL too long to send.
+        api.routes[f"{JOBS}/ftjob-b/checkpoints"] = page(
+            checkpoint("ftjob-b", 1, checkpoint_id="c" * 70_000), has_more=True
+        )
+        api.routes[f"{JOBS}/ftjob-c/checkpoints"] = page(checkpoint("ftjob-c", 5))
+        for job_id in ("ftjob-a", "ftjob-b", "ftjob-c"):
+            api.routes[f"{JOBS}/{job_id}/events"] = page()
+        process = exporter(api, ["ftjob-a", "ftjob-b", "ftjob-c"], CKPT_EXPORTER_POLL_INTERVAL_SECONDS="3600")
+        try:
+            process.wait_ready()
+            expected = (
+                {"ftjob-a": 1.0, "ftjob-b": 0.0, "ftjob-c": 1.0},
+                {("ftjob-a", "invalid_checkpoint"): 2.0, ("ftjob-b", "invalid_request"): 1.0},
+                {("ftjob-a", "10"), ("ftjob-c", "5")},
+                {"ftjob-a", "ftjob-b", "ftjob-c"},
+            )
+
+            def state() -> tuple[object, ...]:
+                text = process.metrics()
+                train_loss = parse_samples(text, "openai_fine_tuning_checkpoint_train_loss")
+                return (
+                    by_job(text, "ckpt_exporter_job_up"),
+                    errors(text),
+                    {(dict(labels)["job_id"], dict(labels)["step"]) for (_, labels) in train_loss},
+                    set(by_job(text, "openai_fine_tuning_job_status")),
+                )
+
+            assert wait_for(lambda: state() == expected, 10), state()
+        finally:
+            output = process.stop()
+    assert "Traceback" not in output, output
+    assert "c" * 1000 not in output
+    assert (
+        "jobs listing: ignored an invalid job (trained_tokens: Input should be less than or equal to"
+        in output
+    )
