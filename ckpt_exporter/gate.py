@@ -157,6 +157,7 @@ class RequestGate:
                     f"HTTP {status} asked to wait before the next request: {wait:.0f}s left",
                     status=status,
                     retry_after=wait,
+                    held=True,
                 )
             await self._sleep(wait)
 

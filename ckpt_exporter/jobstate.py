@@ -180,10 +180,14 @@ class JobState:
             snapshot = self._events_read(snapshot, events)
         for failure in failures:
             snapshot = self.failed(snapshot, failure, now, poll_interval)
-        return replace(snapshot, held=False, errors=self.error_counts())
+        held = any(failure.held for failure in failures)
+        return replace(snapshot, held=held, errors=self.error_counts())
 
     def failed(self, snapshot: JobSnapshot, exc: ApiError, now: float, poll_interval: float) -> JobSnapshot:
-        """Count the failure, log it once per reason, back off a 404."""
+        """Count the failure, log it once per reason, back off a 404; a request the gate held back
+        (never sent) is no failure: the job is shown as held."""
+        if exc.held:
+            return replace(snapshot, polled=True, up=False, held=True)
         self.count(exc.reason)
         if exc.status == 404:
             if now >= self.not_before:  # not a second 404 of the same poll (status and checkpoints)

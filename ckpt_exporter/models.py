@@ -181,16 +181,23 @@ class ApiError(Exception):
 
     `reason` is one of a small fixed set, fit for a metric label. `retry_after` is the wait, in
     seconds from when the error was raised, that the API asked for (Retry-After, retry-after-ms):
-    no request for the same job should go out before it has passed.
+    no request for the same job should go out before it has passed. `held`: the request was not
+    sent, because an earlier answer asked to wait longer than is waited in place.
     """
 
     def __init__(
-        self, reason: str, message: str, status: int | None = None, retry_after: float | None = None
+        self,
+        reason: str,
+        message: str,
+        status: int | None = None,
+        retry_after: float | None = None,
+        held: bool = False,
     ) -> None:
         super().__init__(message)
         self.reason = reason
         self.status = status
         self.retry_after = retry_after
+        self.held = held
 
 
 @plain_dataclass

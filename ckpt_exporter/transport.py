@@ -64,6 +64,10 @@ class ApiKeyAuth(httpx.Auth):
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         key = self._keys.get()
+        if key and not key.isprintable():
+            # A line break would split the header (and transports log the refused value): refused
+            # here, so that the key never reaches a header; the request fails as invalid_request.
+            raise ValueError("the API key holds a control character")
         if key:
             request.headers[self._header] = f"Bearer {key}" if self._header == "Authorization" else key
         yield request

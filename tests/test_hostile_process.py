@@ -6,6 +6,8 @@ The API is tests/hostile.py: every answer is raw JSON text written here, valid o
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from tests.helpers import API_KEY, DrainedExporterProcess, parse_samples, wait_for
@@ -89,3 +91,88 @@ def test_values_no_float_or_utf8_can_hold_are_counted_and_the_rest_of_the_job_is
         "jobs listing: ignored an invalid job (trained_tokens: Input should be less than or equal to"
         in output
     )
+
+
+def test_a_queued_job_whose_checkpoints_read_failed_is_up_once_its_status_reads_succeed() -> None:
+    """Point 5: job_up is 1 for a queued job whose status reads succeed, whatever came before."""
+    with HostileApi() as api:
+        api.routes[f"{JOBS}/ftjob-q"] = document(job("ftjob-q", status="queued"))
+        api.routes[f"{JOBS}/ftjob-q/checkpoints"] = document('{"error": {"message": "down"}}', status=500)
+        process = exporter(api, ["ftjob-q"], CKPT_EXPORTER_POLL_INTERVAL_SECONDS="0.3")
+        try:
+            process.wait_ready()
+            # The first tick reads the checkpoints before the status says queued: that read fails.
+            assert wait_for(lambda: api.count(f"{JOBS}/ftjob-q") >= 3, 10)
+            text = process.metrics()
+            assert by_job(text, "ckpt_exporter_job_up") == {"ftjob-q": 1.0}
+            assert by_job(text, "ckpt_exporter_job_held") == {"ftjob-q": 0.0}
+            assert errors(text) == {("ftjob-q", "http_500"): 1.0}
+            assert api.count(f"{JOBS}/ftjob-q/checkpoints") == 1  # queued: never read again
+        finally:
+            process.stop()
+
+
+def test_a_429_holds_every_job_of_the_account_shown_as_held_and_nothing_is_sent_meanwhile() -> None:
+    """Points 5 and 8: the account's hold, its cap, its log line; job_held 1 and job_up 0."""
+    with HostileApi() as api:
+        api.routes[JOBS] = page(job("ftjob-a"), job("ftjob-b"))
+        limited = '{"error": {"message": "Rate limit reached for requests"}}'
+        api.routes[f"{JOBS}/ftjob-a/checkpoints"] = document(limited, status=429, **{"Retry-After": "1e9"})
+        api.routes[f"{JOBS}/ftjob-a/events"] = page()
+        api.routes[f"{JOBS}/ftjob-b/checkpoints"] = page(checkpoint("ftjob-b", 1))
+        api.routes[f"{JOBS}/ftjob-b/events"] = page()
+        process = exporter(api, ["ftjob-a", "ftjob-b"], CKPT_EXPORTER_POLL_INTERVAL_SECONDS="0.3")
+        try:
+            process.wait_ready()
+            held = {"ftjob-a": 1.0, "ftjob-b": 1.0}
+            assert wait_for(lambda: by_job(process.metrics(), "ckpt_exporter_job_held") == held, 10)
+            sent = api.total()
+            time.sleep(2)  # six ticks
+            text = process.metrics()
+            assert by_job(text, "ckpt_exporter_job_up") == {"ftjob-a": 0.0, "ftjob-b": 0.0}
+            assert by_job(text, "ckpt_exporter_job_held") == held
+            assert errors(text) == {("ftjob-a", "http_429"): 1.0}
+            assert api.total() == sent
+        finally:
+            output = process.stop()
+    lines = [line for line in output.splitlines() if "holding every request" in line]
+    assert len(lines) == 1, output
+    assert lines[0].endswith(
+        "account default: HTTP 429 asked to wait 1e+09s: holding every request of the account for 600s"
+    )
+
+
+@pytest.mark.parametrize("listing_status", [403, 500])
+def test_ready_once_the_configured_job_and_discovery_are_attempted_whatever_the_listing_says(
+    listing_status: int,
+) -> None:
+    """Point 6: a listing that answers 403 or 500 does not keep the pod from being Ready."""
+    with HostileApi() as api:
+        api.routes[JOBS] = document('{"error": {"message": "no"}}', status=listing_status)
+        api.routes[f"{JOBS}/ftjob-a"] = document(job("ftjob-a"))
+        api.routes[f"{JOBS}/ftjob-a/checkpoints"] = page(checkpoint("ftjob-a", 1))
+        api.routes[f"{JOBS}/ftjob-a/events"] = page()
+        process = exporter(
+            api, ["ftjob-a"], CKPT_EXPORTER_POLL_INTERVAL_SECONDS="0.5", CKPT_EXPORTER_DISCOVER="true"
+        )
+        try:
+            process.wait_ready()
+            assert api.count(JOBS) >= 1
+            assert by_job(process.metrics(), "ckpt_exporter_job_up") == {"ftjob-a": 1.0}
+        finally:
+            process.stop()
+
+
+def test_a_job_document_that_carries_another_id_is_not_applied() -> None:
+    """Point 7: a single-job document must be about the job asked for."""
+    with HostileApi() as api:
+        api.routes[f"{JOBS}/ftjob-a"] = document(job("ftjob-other", status="succeeded"))
+        api.routes[f"{JOBS}/ftjob-a/checkpoints"] = page(checkpoint("ftjob-a", 1))
+        process = exporter(api, ["ftjob-a"], CKPT_EXPORTER_POLL_INTERVAL_SECONDS="3600")
+        try:
+            process.wait_ready()
+            assert wait_for(lambda: errors(process.metrics()) == {("ftjob-a", "wrong_job"): 1.0}, 10)
+            assert parse_samples(process.metrics(), "openai_fine_tuning_job_status") == {}
+        finally:
+            output = process.stop()
+    assert "job ftjob-a: the API answered with another job's document; ignored" in output
