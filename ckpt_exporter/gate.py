@@ -189,6 +189,10 @@ class RequestGate:
             self._held[job] = (until, status)
 
     def held_for(self, job: str | None) -> float | None:
-        """Seconds before a request about `job` may go out (holds and the pause), if any."""
-        until = max(self._hold(job)[0], self._paused_until)
+        """Seconds left on the hold of requests about `job` (the account's or its own), if any."""
+        until = self._hold(job)[0]
         return max(until - self._clock(), 0.0) if until > 0 else None
+
+    def paused_for(self) -> float:
+        """Seconds left on the rate-limit pause (x-ratelimit-* headers); 0 when there is none."""
+        return max(self._paused_until - self._clock(), 0.0)

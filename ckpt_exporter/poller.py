@@ -167,24 +167,25 @@ class Poller:
         for job in self._jobs.values():
             if only and not only(job):
                 continue
-            held = self._held_by_api(job)
             if self.turns.busy(job.job_id) or now < job.not_before:
-                if held and self.turns.busy(job.job_id):  # its poll waits out the API's pause
+                if self.turns.busy(job.job_id) and self._waits_for_api(job):  # its poll waits it out
                     self._mark_held(job)
                 continue
             if not job.needs_checkpoints():
                 if not job.snapshot.polled:
                     self._publish(job, job.idle_snapshot())
                 continue
-            if held:
+            if self._client.gate.held_for(job.job_id):  # sent now, it would fail unsent
                 self._mark_held(job)
                 continue
             due.append(job)
         return self.turns.queue(due)
 
-    def _held_by_api(self, job: JobState) -> bool:
-        """The gate holds requests about the job (a Retry-After, the account's rate-limit pause)."""
-        return bool(self._client.gate.held_for(job.job_id))
+    def _waits_for_api(self, job: JobState) -> bool:
+        """The API asked to wait: a Retry-After hold, or a rate-limit pause of a poll interval or
+        more (a shorter one delays a poll within its cycle, and the job is not shown as held)."""
+        gate = self._client.gate
+        return bool(gate.held_for(job.job_id)) or gate.paused_for() >= self._poll_interval
 
     def _mark_held(self, job: JobState) -> None:
         if not job.snapshot.held:
@@ -296,7 +297,7 @@ class Poller:
     async def _status_of(self, job: JobState) -> None:
         if self._clock() < job.not_before:
             return
-        if self._held_by_api(job):
+        if self._client.gate.held_for(job.job_id):
             if not job.needs_checkpoints():  # the status is all it needs, and cannot be read now
                 self._mark_held(job)
             return

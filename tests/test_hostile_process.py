@@ -176,3 +176,27 @@ def test_a_job_document_that_carries_another_id_is_not_applied() -> None:
         finally:
             output = process.stop()
     assert "job ftjob-a: the API answered with another job's document; ignored" in output
+
+
+def test_a_job_whose_refresh_waits_out_the_account_s_rate_limit_pause_is_shown_held() -> None:
+    """Point 5: during an x-ratelimit pause the job is held, not a healthy 1 for up to an hour."""
+    with HostileApi() as api:
+        api.routes[f"{JOBS}/ftjob-a"] = document(job("ftjob-a"))
+        limits = {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "1h"}
+        api.routes[f"{JOBS}/ftjob-a/checkpoints"] = page(checkpoint("ftjob-a", 1))
+        api.routes[f"{JOBS}/ftjob-a/checkpoints"].headers.update(limits)
+        api.routes[f"{JOBS}/ftjob-a/events"] = page()
+        process = exporter(api, ["ftjob-a"], CKPT_EXPORTER_POLL_INTERVAL_SECONDS="0.3")
+        try:
+            process.wait_ready()
+            state = ({"ftjob-a": 0.0}, {"ftjob-a": 1.0})
+
+            def seen() -> tuple[dict[str, float], dict[str, float]]:
+                text = process.metrics()
+                return by_job(text, "ckpt_exporter_job_up"), by_job(text, "ckpt_exporter_job_held")
+
+            assert wait_for(lambda: seen() == state, 10), seen()
+            assert errors(process.metrics()) == {}
+        finally:
+            output = process.stop()
+    assert "pausing requests for 3.6e+03s" in output
