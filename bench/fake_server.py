@@ -3,7 +3,7 @@
     python bench/fake_server.py --running 1000 --finished 9000 --latency 0.05
 
 prints `PORT <n>` once it listens on 127.0.0.1 and serves until SIGTERM/SIGINT. Besides the API
-(ckpt_exporter.fakeapi.FakeApi under /v1), a few control routes for the runner:
+(ckpt_exporter.fake.FakeApi under /v1), a few control routes for the runner:
 
 - POST /_bench/checkpoint {"job": n}: add the job's next checkpoint (step = last + 100); returns
   {"job_id", "step"}.
@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchdata import STEP, checkpoint_metrics, job_fields, job_id
 
-from ckpt_exporter.fakeapi import FakeApi
+from ckpt_exporter.fake import FakeApi
 
 
 def build_api(running: int, finished: int, checkpoints: int, latency: float) -> FakeApi:

@@ -117,7 +117,7 @@ def _run(
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from ckpt_exporter.fakeapi import FakeApi, FakeApiServer, SimulatedTraining
+    from ckpt_exporter.fake import FakeApi, FakeApiServer, SimulatedTraining
 
     api = FakeApi(api_key="sk-demo")
     api.record_requests = False

@@ -5,7 +5,9 @@
 #
 # 1. helm lint --strict helm/ckpt-exporter with each ci/*-values.yaml, and the sidecar example.
 # 2. helm template for each ci/*-values.yaml scenario and for examples/sidecar.
-# 3. Validate every rendered manifest with kubernetes-validate (strict schemas of one fixed
+# 3. The plain manifests of deploy/kubernetes/: scripts/render-manifests.sh --check (they still
+#    match the chart), and validated with the scenarios below.
+# 4. Validate every rendered manifest with kubernetes-validate (strict schemas of one fixed
 #    Kubernetes version, bundled in the package: no cluster and no network needed). The Prometheus
 #    Operator kinds (ServiceMonitor, PodMonitor, PrometheusRule) are CRDs that kubernetes-validate
 #    has no schema for: they are split out of the stream and get a structural check here instead.
@@ -119,6 +121,20 @@ else
     record_failure "helm template examples/sidecar"
 fi
 
+# --- plain manifests (deploy/kubernetes) ----------------------------------------------------------
+if HELM="$helm" bash "$repo_root/scripts/render-manifests.sh" --check; then
+    out="$work/deploy-kubernetes.yaml"
+    : >"$out"
+    # The manifests kustomization.yaml lists, as one stream (not values.yaml, the chart's input).
+    while read -r manifest; do
+        cat "$repo_root/deploy/kubernetes/$manifest" >>"$out"
+        echo >>"$out"
+    done < <(sed -n 's/^  - //p' "$repo_root/deploy/kubernetes/kustomization.yaml")
+    rendered+=("$out")
+else
+    record_failure "deploy/kubernetes drifted from the chart (scripts/render-manifests.sh)"
+fi
+
 # --- validate -------------------------------------------------------------------------------------
 # Split each rendered stream: core kinds go to <name>.core.yaml for kubernetes-validate; the
 # Prometheus Operator CRD kinds are checked for their required shape here.
@@ -212,7 +228,7 @@ done
 echo
 say "summary"
 echo "helm lint --strict passed: $lint_ok/$((${#values_files[@]} + 1))"
-echo "scenarios rendered:        ${#rendered[@]}/$((${#values_files[@]} + 1))"
+echo "scenarios rendered:        ${#rendered[@]}/$((${#values_files[@]} + 2)) (with deploy/kubernetes)"
 echo "manifests validated:       $validated (kubernetes-validate --strict, Kubernetes $kube_version)"
 echo "CRD manifests checked:     $crd_checked (ServiceMonitor/PodMonitor/PrometheusRule, structure only)"
 if ((fail_count > 0)); then

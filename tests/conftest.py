@@ -5,7 +5,7 @@ from collections.abc import Iterator
 import pytest
 
 from ckpt_exporter.app import configure_process
-from ckpt_exporter.fakeapi import FakeApi, FakeApiServer
+from ckpt_exporter.fake import FakeApi, FakeApiServer
 from tests.helpers import API_KEY
 
 # In-process tests build the exporter's parts as the process does after its start-up.

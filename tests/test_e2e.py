@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from ckpt_exporter.fakeapi import FakeApi, FakeApiServer
+from ckpt_exporter.fake import FakeApi, FakeApiServer
 from ckpt_exporter.models import METRIC_FIELDS
 from tests.helpers import API_KEY, ExporterProcess, Samples, parse_samples, require_tool, wait_for
 

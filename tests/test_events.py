@@ -13,7 +13,7 @@ from ckpt_exporter.app import build_account
 from ckpt_exporter.diff import Order
 from ckpt_exporter.events import EventFeed
 from ckpt_exporter.exposition import ExpositionCache
-from ckpt_exporter.fakeapi import FakeApi, FakeApiServer
+from ckpt_exporter.fake import FakeApi, FakeApiServer
 from ckpt_exporter.models import ListPage
 from ckpt_exporter.poller import Poller
 from ckpt_exporter.selfmetrics import SelfMetrics

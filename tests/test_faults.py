@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
-from ckpt_exporter.fakeapi import FakeApi, FakeApiServer, Fault
+from ckpt_exporter.fake import FakeApi, FakeApiServer, Fault
 from tests.helpers import (
     API_KEY,
     ExporterProcess,

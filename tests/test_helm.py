@@ -27,6 +27,8 @@ FULLNAME = "rel-ckpt-exporter"
 CONFIG_FILE = "/etc/ckpt-exporter/config.yaml"
 KEY_DIR = "/var/run/secrets/ckpt-exporter"
 KEY_FILE = KEY_DIR + "/api-key"
+# Where the release workflow publishes the image, with the chart's default owner.
+IMAGE = "ghcr.io/ckpt-exporter/ckpt-exporter"
 CRD_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
 
 POD_SECURITY_CONTEXT = {
@@ -157,6 +159,7 @@ def test_every_ci_scenario_lints_strict(helm: str) -> None:
         "sidecar-values.yaml",
         "monitoring-values.yaml",
         "sharded-values.yaml",
+        "workload-identity-values.yaml",
     }
     for path in values:
         result = run_helm(helm, "lint", str(CHART), "--strict", "-f", str(path))
@@ -194,7 +197,7 @@ def test_default_security_contexts_resources_and_service_account(helm: str) -> N
 def test_default_container_image_args_port_and_probes(helm: str) -> None:
     docs = scenario(helm, "default")
     ctr = container(pod_spec(one(docs, "Deployment", FULLNAME)))
-    assert ctr["image"] == "ckpt-exporter:0.1.0"
+    assert ctr["image"] == f"{IMAGE}:0.1.0"
     assert ctr["args"] == ["--config", CONFIG_FILE]
     assert env_of(ctr)["CKPT_EXPORTER_CONFIG_FILE"] == CONFIG_FILE
     assert ctr["ports"] == [{"name": "http-metrics", "containerPort": 9842, "protocol": "TCP"}]
@@ -305,10 +308,17 @@ def test_image_tag_digest_and_registry(helm: str) -> None:
         value: str = container(pod_spec(one(docs, "Deployment", FULLNAME)))["image"]
         return value
 
-    assert image("--set", "image.tag=1.2.3") == "ckpt-exporter:1.2.3"
-    assert image("--set", "image.registry=ghcr.io/acme") == "ghcr.io/acme/ckpt-exporter:0.1.0"
+    assert image() == f"{IMAGE}:0.1.0"
+    assert image("--set", "image.tag=1.2.3") == f"{IMAGE}:1.2.3"
+    # A fork's releases, an image pushed to another registry, a local image.
+    assert image("--set", "image.repository=my-org/ckpt-exporter") == "ghcr.io/my-org/ckpt-exporter:0.1.0"
+    assert (
+        image(*sets("image.registry=registry.example.com/", "image.repository=team/ckpt-exporter"))
+        == "registry.example.com/team/ckpt-exporter:0.1.0"
+    )
+    assert image(*sets("image.registry=", "image.repository=ckpt-exporter")) == "ckpt-exporter:0.1.0"
     digest = "sha256:" + "a" * 64
-    assert image("--set", f"image.digest={digest}") == f"ckpt-exporter@{digest}"
+    assert image("--set", f"image.digest={digest}") == f"{IMAGE}@{digest}"
 
 
 def test_no_key_fails_with_a_helpful_message(helm: str) -> None:
@@ -532,7 +542,7 @@ def test_sidecar_example_adds_the_exporter_to_a_deployment(helm: str, sidecar_ex
     pod = template["spec"]
     assert [c["name"] for c in pod["containers"]] == ["app", "ckpt-exporter"]
     ctr = container(pod)
-    assert ctr["image"] == "ckpt-exporter:0.1.0"
+    assert ctr["image"] == f"{IMAGE}:0.1.0"
     assert ctr["args"] == ["--config", CONFIG_FILE]
     assert ctr["securityContext"] == CONTAINER_SECURITY_CONTEXT
     assert ctr["resources"] == RESOURCES
@@ -613,6 +623,172 @@ def test_unsharded_pods_get_no_shard_environment(helm: str) -> None:
     assert set(env_of(ctr)) == {"CKPT_EXPORTER_CONFIG_FILE"}
 
 
+# --- keyless Azure: workload identity ---------------------------------------------------------------
+
+CLIENT_ID = "00000000-1111-2222-3333-444444444444"
+TENANT_ID = "99999999-8888-7777-6666-555555555555"
+FOUNDRY_URL = "https://example-resource.services.ai.azure.com/api/projects/example-project/openai/v1"
+WI_LABEL = {"azure.workload.identity/use": "true"}
+
+
+def secret_references(node: Any, where: str = "") -> list[str]:
+    """Every place a rendered manifest names a Secret (a Secret object, a volume, an env source)."""
+    found: list[str] = []
+    if isinstance(node, dict):
+        if node.get("kind") == "Secret":
+            found.append(f"{where}kind: Secret")
+        for key, value in node.items():
+            if key in {"secret", "secretName", "secretRef", "secretKeyRef"}:
+                found.append(f"{where}{key}")
+            found += secret_references(value, f"{where}{key}.")
+    elif isinstance(node, list):
+        for i, item in enumerate(node):
+            found += secret_references(item, f"{where}{i}.")
+    return found
+
+
+def test_workload_identity_scenario_annotates_labels_and_needs_no_secret(helm: str) -> None:
+    docs = scenario(helm, "workload-identity")
+    assert kinds(docs) == ["ConfigMap", "Deployment", "Service", "ServiceAccount"]
+    sa = one(docs, "ServiceAccount", FULLNAME)
+    assert sa["metadata"]["annotations"] == {"azure.workload.identity/client-id": CLIENT_ID}
+    # The webhook projects its own token; the Kubernetes API token stays unmounted.
+    assert sa["automountServiceAccountToken"] is False
+    deploy = one(docs, "Deployment", FULLNAME)
+    template = deploy["spec"]["template"]
+    assert template["metadata"]["labels"]["azure.workload.identity/use"] == "true"
+    assert "azure.workload.identity/use" not in deploy["spec"]["selector"]["matchLabels"]
+    pod = pod_spec(deploy)
+    assert pod["serviceAccountName"] == sa["metadata"]["name"]
+    assert pod["automountServiceAccountToken"] is False
+    ctr = container(pod)
+    # The webhook adds AZURE_*; a value set here would stop it (it never overwrites a variable).
+    assert ctr["env"] == [{"name": "CKPT_EXPORTER_CONFIG_FILE", "value": CONFIG_FILE}]
+    assert [v["name"] for v in pod["volumes"]] == ["ckpt-exporter-config", "ckpt-exporter-tmp"]
+    assert [m["name"] for m in ctr["volumeMounts"]] == ["ckpt-exporter-config", "ckpt-exporter-tmp"]
+    assert config_of(docs) == {
+        "api_base_url": FOUNDRY_URL,
+        "api_flavor": "azure",
+        "azure_auth": "entra",
+        "jobs": ["ftjob-abc123"],
+        "listen_address": "0.0.0.0",
+        "listen_port": 9842,
+        "log_format": "json",
+        "log_level": "INFO",
+        "poll_interval_seconds": 60,
+    }
+    assert secret_references(docs) == []
+
+
+def test_workload_identity_tenant_annotation(helm: str) -> None:
+    docs = scenario(helm, "workload-identity", *sets(f"azure.workloadIdentity.tenantId={TENANT_ID}"))
+    assert one(docs, "ServiceAccount", FULLNAME)["metadata"]["annotations"] == {
+        "azure.workload.identity/client-id": CLIENT_ID,
+        "azure.workload.identity/tenant-id": TENANT_ID,
+    }
+
+
+def test_workload_identity_without_the_webhook_projects_the_token_itself(helm: str) -> None:
+    docs = scenario(helm, "workload-identity-no-webhook")
+    deploy = one(docs, "Deployment", FULLNAME)
+    assert not WI_LABEL.items() <= deploy["spec"]["template"]["metadata"]["labels"].items()
+    pod = pod_spec(deploy)
+    assert pod["automountServiceAccountToken"] is False
+    ctr = container(pod)
+    assert env_of(ctr) == {
+        "CKPT_EXPORTER_CONFIG_FILE": CONFIG_FILE,
+        "AZURE_CLIENT_ID": CLIENT_ID,
+        "AZURE_TENANT_ID": TENANT_ID,
+        "AZURE_FEDERATED_TOKEN_FILE": "/var/run/secrets/azure/tokens/azure-identity-token",
+        "AZURE_AUTHORITY_HOST": "https://login.microsoftonline.com/",
+    }
+    assert mount(ctr, "azure-identity-token") == {
+        "name": "azure-identity-token",
+        "mountPath": "/var/run/secrets/azure/tokens",
+        "readOnly": True,
+    }
+    assert volume(pod, "azure-identity-token") == {
+        "name": "azure-identity-token",
+        "projected": {
+            "sources": [
+                {
+                    "serviceAccountToken": {
+                        "path": "azure-identity-token",
+                        "audience": "api://AzureADTokenExchange",
+                        "expirationSeconds": 3600,
+                    }
+                }
+            ]
+        },
+    }
+    assert config_of(docs)["azure_auth"] == "entra"
+    assert secret_references(docs) == []
+
+
+def test_entra_without_workload_identity_needs_no_key(helm: str) -> None:
+    """Another Entra route (a managed identity, a service principal's variables): no key either."""
+    entra = sets(
+        "config.api_flavor=azure",
+        "config.azure_auth=entra",
+        "config.azure_token_scope=https://ai.azure.com/.default",
+        f"config.azure_client_id={CLIENT_ID}",
+        "config.jobs[0]=ftjob-a",
+    )
+    docs = render(helm, *entra)
+    config = config_of(docs)
+    assert "api_key_file" not in config
+    assert (config["azure_auth"], config["azure_token_scope"], config["azure_client_id"]) == (
+        "entra",
+        "https://ai.azure.com/.default",
+        CLIENT_ID,
+    )
+    assert secret_references(docs) == []
+    assert "azure.workload.identity/client-id" not in (
+        one(docs, "ServiceAccount", FULLNAME)["metadata"].get("annotations") or {}
+    )
+
+
+WORKLOAD_IDENTITY_MISTAKES = {
+    "azure.workloadIdentity.clientId=": "needs azure.workloadIdentity.clientId",
+    "config.azure_auth=key": 'config.azure_auth is "key"',
+    "azure.workloadIdentity.webhook=false": "needs azure.workloadIdentity.tenantId",
+    "azure.workloadIdentity.clientId=not-a-guid": "/azure/workloadIdentity/clientId",
+    "config.azure_auth=oauth": "/config/azure_auth",
+    "config.azure_token_scope=a b": "/config/azure_token_scope",
+}
+
+
+@pytest.mark.parametrize("setting", list(WORKLOAD_IDENTITY_MISTAKES))
+def test_workload_identity_mistakes_are_refused_by_name(helm: str, setting: str) -> None:
+    result = run_helm(
+        helm,
+        "template",
+        RELEASE,
+        str(CHART),
+        "-f",
+        str(CI_DIR / "workload-identity-values.yaml"),
+        "--set",
+        setting,
+    )
+    assert result.returncode != 0
+    assert WORKLOAD_IDENTITY_MISTAKES[setting] in result.stderr, result.stderr
+
+
+def test_sidecar_host_pods_get_the_workload_identity_label(helm: str, sidecar_example: Path) -> None:
+    knobs = sets(
+        "ckpt-exporter.apiKey.existingSecret=",
+        "ckpt-exporter.azure.workloadIdentity.enabled=true",
+        f"ckpt-exporter.azure.workloadIdentity.clientId={CLIENT_ID}",
+    )
+    docs = render(helm, *knobs, chart=sidecar_example, release="shop")
+    template = one(docs, "Deployment", "shop-my-app")["spec"]["template"]
+    assert template["metadata"]["labels"]["azure.workload.identity/use"] == "true"
+    assert template["metadata"]["labels"]["ckpt-exporter/sidecar"] == "shop-ckpt-exporter"
+    config = yaml.safe_load(one(docs, "ConfigMap", "shop-ckpt-exporter")["data"]["config.yaml"])
+    assert config["azure_auth"] == "entra"
+    assert secret_references(docs) == []
+
+
 # --- the exporter accepts what the chart renders ----------------------------------------------------
 
 
@@ -631,3 +807,14 @@ def test_rendered_config_loads_in_the_exporter(helm: str, name: str, tmp_path: P
     assert loaded.jobs == config["jobs"]
     assert loaded.read_api_key() == "sk-test"
     assert loaded.log_level == config["log_level"]
+
+
+def test_rendered_workload_identity_config_loads_in_the_exporter(helm: str, tmp_path: Path) -> None:
+    settings = pytest.importorskip("ckpt_exporter.settings")
+    if "azure_auth" not in settings.Settings.model_fields:
+        pytest.skip("this exporter has no azure_auth setting yet (issue 13)")
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(yaml.safe_dump(config_of(scenario(helm, "workload-identity"))))
+    loaded = settings.load_settings(config_file=config_file)
+    assert (loaded.api_flavor, loaded.azure_auth, loaded.api_base_url) == ("azure", "entra", FOUNDRY_URL)
+    assert loaded.jobs == ["ftjob-abc123"]

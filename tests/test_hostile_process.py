@@ -1,7 +1,7 @@
 """Hostile answers against the real exporter process: what they do to job_up, readiness and the
 rest of the data (issue 12, points 4, 5, 6 and 8).
 
-The API is tests/hostile.py: every answer is raw JSON text written here, valid or not.
+The API is tests/helpers.HostileApi: every answer is raw JSON text written here, valid or not.
 """
 
 from __future__ import annotations
@@ -10,8 +10,17 @@ import time
 
 import pytest
 
-from tests.helpers import API_KEY, DrainedExporterProcess, parse_samples, wait_for
-from tests.hostile import HostileApi, checkpoint, document, job, page
+from tests.helpers import (
+    API_KEY,
+    DrainedExporterProcess,
+    HostileApi,
+    parse_samples,
+    raw_checkpoint,
+    raw_document,
+    raw_job,
+    raw_page,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -47,21 +56,21 @@ def test_values_no_float_or_utf8_can_hold_are_counted_and_the_rest_of_the_job_is
     huge, surrogate = "1" + "0" * 400, '"\\ud800"'
     with HostileApi() as api:
         # ftjob-c's entry in the listing has trained_tokens beyond any float: skipped, the rest kept.
-        poisoned = job("ftjob-c").replace('"created_at": 1', f'"trained_tokens": {huge}, "created_at": 1')
-        api.routes[JOBS] = page(job("ftjob-a"), poisoned, job("ftjob-b"))
-        api.routes[f"{JOBS}/ftjob-c"] = document(job("ftjob-c"))
-        api.routes[f"{JOBS}/ftjob-a/checkpoints"] = page(
-            checkpoint("ftjob-a", 10),
-            checkpoint("ftjob-a", 20).replace('"step_number": 20', f'"step_number": {huge}'),
-            checkpoint("ftjob-a", 30).replace('"ftckpt-ftjob-a-30"', surrogate),
+        poisoned = raw_job("ftjob-c").replace('"created_at": 1', f'"trained_tokens": {huge}, "created_at": 1')
+        api.routes[JOBS] = raw_page(raw_job("ftjob-a"), poisoned, raw_job("ftjob-b"))
+        api.routes[f"{JOBS}/ftjob-c"] = raw_document(raw_job("ftjob-c"))
+        api.routes[f"{JOBS}/ftjob-a/checkpoints"] = raw_page(
+            raw_checkpoint("ftjob-a", 10),
+            raw_checkpoint("ftjob-a", 20).replace('"step_number": 20', f'"step_number": {huge}'),
+            raw_checkpoint("ftjob-a", 30).replace('"ftckpt-ftjob-a-30"', surrogate),
         )
         # ftjob-b: a first page whose cursor makes the next page's URL too long to send.
-        api.routes[f"{JOBS}/ftjob-b/checkpoints"] = page(
-            checkpoint("ftjob-b", 1, checkpoint_id="c" * 70_000), has_more=True
+        api.routes[f"{JOBS}/ftjob-b/checkpoints"] = raw_page(
+            raw_checkpoint("ftjob-b", 1, checkpoint_id="c" * 70_000), has_more=True
         )
-        api.routes[f"{JOBS}/ftjob-c/checkpoints"] = page(checkpoint("ftjob-c", 5))
+        api.routes[f"{JOBS}/ftjob-c/checkpoints"] = raw_page(raw_checkpoint("ftjob-c", 5))
         for job_id in ("ftjob-a", "ftjob-b", "ftjob-c"):
-            api.routes[f"{JOBS}/{job_id}/events"] = page()
+            api.routes[f"{JOBS}/{job_id}/events"] = raw_page()
         process = exporter(api, ["ftjob-a", "ftjob-b", "ftjob-c"], CKPT_EXPORTER_POLL_INTERVAL_SECONDS="3600")
         try:
             process.wait_ready()
@@ -96,8 +105,8 @@ def test_values_no_float_or_utf8_can_hold_are_counted_and_the_rest_of_the_job_is
 def test_a_queued_job_whose_checkpoints_read_failed_is_up_once_its_status_reads_succeed() -> None:
     """Point 5: job_up is 1 for a queued job whose status reads succeed, whatever came before."""
     with HostileApi() as api:
-        api.routes[f"{JOBS}/ftjob-q"] = document(job("ftjob-q", status="queued"))
-        api.routes[f"{JOBS}/ftjob-q/checkpoints"] = document('{"error": {"message": "down"}}', status=500)
+        api.routes[f"{JOBS}/ftjob-q"] = raw_document(raw_job("ftjob-q", status="queued"))
+        api.routes[f"{JOBS}/ftjob-q/checkpoints"] = raw_document('{"error": {"message": "down"}}', status=500)
         process = exporter(api, ["ftjob-q"], CKPT_EXPORTER_POLL_INTERVAL_SECONDS="0.3")
         try:
             process.wait_ready()
@@ -115,12 +124,14 @@ def test_a_queued_job_whose_checkpoints_read_failed_is_up_once_its_status_reads_
 def test_a_429_holds_every_job_of_the_account_shown_as_held_and_nothing_is_sent_meanwhile() -> None:
     """Points 5 and 8: the account's hold, its cap, its log line; job_held 1 and job_up 0."""
     with HostileApi() as api:
-        api.routes[JOBS] = page(job("ftjob-a"), job("ftjob-b"))
+        api.routes[JOBS] = raw_page(raw_job("ftjob-a"), raw_job("ftjob-b"))
         limited = '{"error": {"message": "Rate limit reached for requests"}}'
-        api.routes[f"{JOBS}/ftjob-a/checkpoints"] = document(limited, status=429, **{"Retry-After": "1e9"})
-        api.routes[f"{JOBS}/ftjob-a/events"] = page()
-        api.routes[f"{JOBS}/ftjob-b/checkpoints"] = page(checkpoint("ftjob-b", 1))
-        api.routes[f"{JOBS}/ftjob-b/events"] = page()
+        api.routes[f"{JOBS}/ftjob-a/checkpoints"] = raw_document(
+            limited, status=429, **{"Retry-After": "1e9"}
+        )
+        api.routes[f"{JOBS}/ftjob-a/events"] = raw_page()
+        api.routes[f"{JOBS}/ftjob-b/checkpoints"] = raw_page(raw_checkpoint("ftjob-b", 1))
+        api.routes[f"{JOBS}/ftjob-b/events"] = raw_page()
         process = exporter(api, ["ftjob-a", "ftjob-b"], CKPT_EXPORTER_POLL_INTERVAL_SECONDS="0.3")
         try:
             process.wait_ready()
@@ -148,10 +159,10 @@ def test_ready_once_the_configured_job_and_discovery_are_attempted_whatever_the_
 ) -> None:
     """Point 6: a listing that answers 403 or 500 does not keep the pod from being Ready."""
     with HostileApi() as api:
-        api.routes[JOBS] = document('{"error": {"message": "no"}}', status=listing_status)
-        api.routes[f"{JOBS}/ftjob-a"] = document(job("ftjob-a"))
-        api.routes[f"{JOBS}/ftjob-a/checkpoints"] = page(checkpoint("ftjob-a", 1))
-        api.routes[f"{JOBS}/ftjob-a/events"] = page()
+        api.routes[JOBS] = raw_document('{"error": {"message": "no"}}', status=listing_status)
+        api.routes[f"{JOBS}/ftjob-a"] = raw_document(raw_job("ftjob-a"))
+        api.routes[f"{JOBS}/ftjob-a/checkpoints"] = raw_page(raw_checkpoint("ftjob-a", 1))
+        api.routes[f"{JOBS}/ftjob-a/events"] = raw_page()
         process = exporter(
             api, ["ftjob-a"], CKPT_EXPORTER_POLL_INTERVAL_SECONDS="0.5", CKPT_EXPORTER_DISCOVER="true"
         )
@@ -166,8 +177,8 @@ def test_ready_once_the_configured_job_and_discovery_are_attempted_whatever_the_
 def test_a_job_document_that_carries_another_id_is_not_applied() -> None:
     """Point 7: a single-job document must be about the job asked for."""
     with HostileApi() as api:
-        api.routes[f"{JOBS}/ftjob-a"] = document(job("ftjob-other", status="succeeded"))
-        api.routes[f"{JOBS}/ftjob-a/checkpoints"] = page(checkpoint("ftjob-a", 1))
+        api.routes[f"{JOBS}/ftjob-a"] = raw_document(raw_job("ftjob-other", status="succeeded"))
+        api.routes[f"{JOBS}/ftjob-a/checkpoints"] = raw_page(raw_checkpoint("ftjob-a", 1))
         process = exporter(api, ["ftjob-a"], CKPT_EXPORTER_POLL_INTERVAL_SECONDS="3600")
         try:
             process.wait_ready()
@@ -181,11 +192,11 @@ def test_a_job_document_that_carries_another_id_is_not_applied() -> None:
 def test_a_job_whose_refresh_waits_out_the_account_s_rate_limit_pause_is_shown_held() -> None:
     """Point 5: during an x-ratelimit pause the job is held, not a healthy 1 for up to an hour."""
     with HostileApi() as api:
-        api.routes[f"{JOBS}/ftjob-a"] = document(job("ftjob-a"))
+        api.routes[f"{JOBS}/ftjob-a"] = raw_document(raw_job("ftjob-a"))
         limits = {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "1h"}
-        api.routes[f"{JOBS}/ftjob-a/checkpoints"] = page(checkpoint("ftjob-a", 1))
+        api.routes[f"{JOBS}/ftjob-a/checkpoints"] = raw_page(raw_checkpoint("ftjob-a", 1))
         api.routes[f"{JOBS}/ftjob-a/checkpoints"].headers.update(limits)
-        api.routes[f"{JOBS}/ftjob-a/events"] = page()
+        api.routes[f"{JOBS}/ftjob-a/events"] = raw_page()
         process = exporter(api, ["ftjob-a"], CKPT_EXPORTER_POLL_INTERVAL_SECONDS="0.3")
         try:
             process.wait_ready()

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from ckpt_exporter.api import ApiClient
 from ckpt_exporter.exposition import ExpositionCache
-from ckpt_exporter.fakeapi import FakeApi, FakeApiServer, Fault
+from ckpt_exporter.fake import FakeApi, FakeApiServer, Fault
 from ckpt_exporter.models import METRIC_FIELDS
 from ckpt_exporter.poller import Poller
 from ckpt_exporter.selfmetrics import SelfMetrics

@@ -15,7 +15,7 @@ import pytest
 
 from ckpt_exporter.api import ApiClient
 from ckpt_exporter.exposition import ExpositionCache
-from ckpt_exporter.fakeapi import FakeApi, FakeApiServer
+from ckpt_exporter.fake import FakeApi, FakeApiServer
 from ckpt_exporter.listing import Discovery, Shard
 from ckpt_exporter.poller import Poller
 from ckpt_exporter.selfmetrics import SelfMetrics

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from ckpt_exporter.fakeapi import FakeApi, FakeApiServer, Fault
+from ckpt_exporter.fake import FakeApi, FakeApiServer, Fault
 from ckpt_exporter.logging_setup import JsonFormatter, RedactingFilter, redact, register_secret
 from tests.helpers import API_KEY, DrainedExporterProcess, wait_for
 

@@ -15,7 +15,7 @@ import time
 import httpx
 import pytest
 
-from ckpt_exporter.fakeapi import FakeApi, FakeApiServer, Fault
+from ckpt_exporter.fake import FakeApi, FakeApiServer, Fault
 from tests.helpers import (
     API_KEY,
     DrainedExporterProcess,

@@ -102,7 +102,7 @@ async def test_the_state_of_the_first_cycle_is_frozen_out_of_full_gc_passes_once
     import gc
 
     from ckpt_exporter.app import Exporter
-    from ckpt_exporter.fakeapi import FakeApi, FakeApiServer
+    from ckpt_exporter.fake import FakeApi, FakeApiServer
     from ckpt_exporter.settings import load_settings
 
     api = FakeApi(api_key="sk-test")

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from ckpt_exporter.exposition import RenderedJobs
-from ckpt_exporter.fakeapi import FakeApi, FakeApiServer
+from ckpt_exporter.fake import FakeApi, FakeApiServer
 from ckpt_exporter.selfmetrics import SelfMetrics
 from ckpt_exporter.server import MetricsApp, MetricsServer
 from ckpt_exporter.webconfig import BasicAuth, WebConfig, WebConfigError, load_web_config

@@ -90,6 +90,44 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if and (not .Values.demo) .Values.apiKey.existingSecret }}true{{ end }}
 {{- end }}
 
+{{/* True (non-empty) when the exporter signs in with Azure workload identity. */}}
+{{- define "ckpt-exporter.workloadIdentity" -}}
+{{- if and (not .Values.demo) .Values.azure.workloadIdentity.enabled }}true{{ end }}
+{{- end }}
+
+{{/* True (non-empty) when the chart projects the workload-identity token itself (no webhook). */}}
+{{- define "ckpt-exporter.projectsAzureToken" -}}
+{{- if and (include "ckpt-exporter.workloadIdentity" .) (not .Values.azure.workloadIdentity.webhook) }}true{{ end }}
+{{- end }}
+
+{{/* Where the chart mounts the projected workload-identity token (the webhook's classic path). */}}
+{{- define "ckpt-exporter.azureTokenDir" -}}/var/run/secrets/azure/tokens{{- end }}
+
+{{/*
+The annotations of the chart's ServiceAccount: serviceAccount.annotations, plus the client (and
+tenant) id the workload-identity webhook reads.
+*/}}
+{{- define "ckpt-exporter.serviceAccountAnnotations" -}}
+{{- $annotations := deepCopy (.Values.serviceAccount.annotations | default dict) }}
+{{- if include "ckpt-exporter.workloadIdentity" . }}
+{{- $wi := .Values.azure.workloadIdentity }}
+{{- $_ := set $annotations "azure.workload.identity/client-id" $wi.clientId }}
+{{- if $wi.tenantId }}
+{{- $_ := set $annotations "azure.workload.identity/tenant-id" $wi.tenantId }}
+{{- end }}
+{{- end }}
+{{- if $annotations }}
+{{- toYaml $annotations }}
+{{- end }}
+{{- end }}
+
+{{/* The pod label that asks the workload-identity webhook to inject the token and variables. */}}
+{{- define "ckpt-exporter.workloadIdentityPodLabels" -}}
+{{- if and (include "ckpt-exporter.workloadIdentity" .) .Values.azure.workloadIdentity.webhook -}}
+azure.workload.identity/use: "true"
+{{- end }}
+{{- end }}
+
 {{/*
 Checks that fail the render with a message that says what to do. Included by the ConfigMap, which
 every mode renders.
@@ -99,8 +137,21 @@ every mode renders.
 {{- if not (has .Values.mode (list "standalone" "sidecar")) }}
 {{- fail (printf "ckpt-exporter: mode must be \"standalone\" or \"sidecar\", got %q" (toString .Values.mode)) }}
 {{- end }}
-{{- if and (not .Values.demo) (not .Values.apiKey.existingSecret) (not $config.api_key_file) }}
-{{- fail "ckpt-exporter: no OpenAI API key. Create a Secret holding the key (kubectl create secret generic openai-api-key --from-file=api-key=./key.txt) and set apiKey.existingSecret=openai-api-key (and apiKey.secretKey if its key is not \"api-key\"); or set demo=true to run the demo without a key; or mount a key file yourself (extraVolumes/extraVolumeMounts) and set config.api_key_file to its path." }}
+{{- $wi := .Values.azure.workloadIdentity }}
+{{- $keyless := or $wi.enabled (eq (toString $config.azure_auth) "entra") }}
+{{- if and (not .Values.demo) (not .Values.apiKey.existingSecret) (not $config.api_key_file) (not $keyless) }}
+{{- fail "ckpt-exporter: no OpenAI API key. Create a Secret holding the key (kubectl create secret generic openai-api-key --from-file=api-key=./key.txt) and set apiKey.existingSecret=openai-api-key (and apiKey.secretKey if its key is not \"api-key\"); or set demo=true to run the demo without a key; or mount a key file yourself (extraVolumes/extraVolumeMounts) and set config.api_key_file to its path; or, for Azure OpenAI / Foundry without a key, set azure.workloadIdentity.enabled=true (or config.azure_auth=entra)." }}
+{{- end }}
+{{- if and $wi.enabled (not .Values.demo) }}
+{{- if not $wi.clientId }}
+{{- fail "ckpt-exporter: azure.workloadIdentity.enabled needs azure.workloadIdentity.clientId, the client id of the managed identity (az identity show -g <group> -n <identity> --query clientId -o tsv)." }}
+{{- end }}
+{{- if and (hasKey $config "azure_auth") (ne (toString $config.azure_auth) "entra") }}
+{{- fail (printf "ckpt-exporter: azure.workloadIdentity.enabled signs in with Entra ID tokens, but config.azure_auth is %q; remove it or set it to entra." (toString $config.azure_auth)) }}
+{{- end }}
+{{- if and (not $wi.webhook) (not $wi.tenantId) }}
+{{- fail "ckpt-exporter: azure.workloadIdentity.webhook=false needs azure.workloadIdentity.tenantId (AZURE_TENANT_ID): without the webhook nobody else sets it." }}
+{{- end }}
 {{- end }}
 {{- if hasKey $config "api_key" }}
 {{- fail "ckpt-exporter: config.api_key would put the API key in a ConfigMap; use apiKey.existingSecret instead." }}
@@ -118,13 +169,17 @@ every mode renders.
 
 {{/*
 The exporter settings as YAML: .Values.config (already merged over the chart's defaults by Helm),
-plus the settings the chart owns: api_key_file when the key Secret is mounted; no shard or
-total_shards in sharded mode (those come from the environment of each pod).
+plus the settings the chart owns: api_key_file when the key Secret is mounted; azure_auth: entra
+with workload identity; no shard or total_shards in sharded mode (those come from the environment
+of each pod).
 */}}
 {{- define "ckpt-exporter.configYaml" -}}
 {{- $config := deepCopy (.Values.config | default dict) }}
 {{- if include "ckpt-exporter.mountsApiKey" . }}
 {{- $_ := set $config "api_key_file" (include "ckpt-exporter.apiKeyFile" .) }}
+{{- end }}
+{{- if include "ckpt-exporter.workloadIdentity" . }}
+{{- $_ := set $config "azure_auth" "entra" }}
 {{- end }}
 {{- if .Values.sharding.enabled }}
 {{- $config = omit $config "shard" "total_shards" }}
@@ -153,9 +208,15 @@ change. A host chart adds them to its pod template in sidecar mode.
 checksum/config: {{ include "ckpt-exporter.configChecksum" . }}
 {{- end }}
 
-{{/* The label a host pod carries in sidecar mode, selected by the PodMonitor. */}}
+{{/*
+The labels a host pod carries in sidecar mode: the one the PodMonitor selects, and with workload
+identity the webhook's (the host's ServiceAccount then needs the client-id annotation itself).
+*/}}
 {{- define "ckpt-exporter.sidecarPodLabels" -}}
 {{ .Values.sidecar.podLabelKey }}: {{ include "ckpt-exporter.fullname" . | quote }}
+{{- with include "ckpt-exporter.workloadIdentityPodLabels" . }}
+{{ . }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -192,6 +253,18 @@ env:
     value: "true"
   - name: CKPT_EXPORTER_TOTAL_SHARDS
     value: {{ .Values.sharding.replicas | int | quote }}
+{{- end }}
+{{- if include "ckpt-exporter.projectsAzureToken" . }}
+{{- $wi := .Values.azure.workloadIdentity }}
+  # What the workload-identity webhook would set; azure-identity's WorkloadIdentityCredential reads them.
+  - name: AZURE_CLIENT_ID
+    value: {{ $wi.clientId | quote }}
+  - name: AZURE_TENANT_ID
+    value: {{ $wi.tenantId | quote }}
+  - name: AZURE_FEDERATED_TOKEN_FILE
+    value: {{ include "ckpt-exporter.azureTokenDir" . }}/azure-identity-token
+  - name: AZURE_AUTHORITY_HOST
+    value: {{ $wi.authorityHost | quote }}
 {{- end }}
 {{- with .Values.extraEnv }}
 {{- toYaml . | nindent 2 }}
@@ -233,6 +306,11 @@ volumeMounts:
     mountPath: {{ .Values.apiKey.mountPath }}
     readOnly: true
 {{- end }}
+{{- if include "ckpt-exporter.projectsAzureToken" . }}
+  - name: azure-identity-token
+    mountPath: {{ include "ckpt-exporter.azureTokenDir" . }}
+    readOnly: true
+{{- end }}
 {{- with .Values.extraVolumeMounts }}
 {{- toYaml . | nindent 2 }}
 {{- end }}
@@ -269,6 +347,15 @@ Usage in a host chart:
       - key: {{ .Values.apiKey.secretKey }}
         path: api-key
 {{- end }}
+{{- if include "ckpt-exporter.projectsAzureToken" . }}
+- name: azure-identity-token
+  projected:
+    sources:
+      - serviceAccountToken:
+          path: azure-identity-token
+          audience: {{ .Values.azure.workloadIdentity.tokenAudience }}
+          expirationSeconds: {{ .Values.azure.workloadIdentity.tokenExpirationSeconds | int }}
+{{- end }}
 {{- with .Values.extraVolumes }}
 {{ toYaml . }}
 {{- end }}
@@ -279,6 +366,9 @@ Usage in a host chart:
 metadata:
   labels:
     {{- include "ckpt-exporter.labels" . | nindent 4 }}
+    {{- with include "ckpt-exporter.workloadIdentityPodLabels" . }}
+    {{- . | nindent 4 }}
+    {{- end }}
     {{- with .Values.podLabels }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
