@@ -15,7 +15,7 @@ it, too, is one request; the first read of a job walks pages of `page_size`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from pydantic import ValidationError
@@ -60,10 +60,25 @@ class CheckpointDiff:
         self.order: Order | None = None
         self._polls_since_full_read = 0
         self._need_full_read = True
+        self._hidden: set[str] = set()  # ids hidden by a newer checkpoint at the same step
 
     def checkpoints(self) -> tuple[Checkpoint, ...]:
-        """The known checkpoints, oldest first."""
-        return tuple(sorted(self.known.values(), key=lambda c: c.order_key))
+        """The checkpoints to export, oldest first: one per step (see `one_per_step`)."""
+        return one_per_step(self.known.values())[0]
+
+    def _note_duplicates(self, result: DiffResult) -> None:
+        """Count each checkpoint that another at its step hides, once, when it starts to be hidden."""
+        hidden = one_per_step(self.known.values())[1]
+        for checkpoint in hidden:
+            if checkpoint.id not in self._hidden:
+                result.rejected.append(
+                    Rejected(
+                        "duplicate_step",
+                        f"checkpoint {checkpoint.id} shares step {checkpoint.step_number} with a newer one, "
+                        "which is exported",
+                    )
+                )
+        self._hidden = {checkpoint.id for checkpoint in hidden}
 
     def newest(self) -> Checkpoint | None:
         return max(self.known.values(), key=lambda c: c.order_key, default=None)
@@ -86,6 +101,8 @@ class CheckpointDiff:
             await self._read_newest_first(fetch, result)
         else:
             await self._read_oldest_first(fetch, result)
+        if result.changed:
+            self._note_duplicates(result)
         return result
 
     async def _full_read(self, fetch: FetchPage, result: DiffResult) -> None:
@@ -173,3 +190,18 @@ def checkpoint_parser(job_id: str) -> Callable[[object], Checkpoint | Rejected]:
         return parsed
 
     return parse
+
+
+def one_per_step(checkpoints: Iterable[Checkpoint]) -> tuple[tuple[Checkpoint, ...], list[Checkpoint]]:
+    """(the checkpoint of each step, oldest step first; the checkpoints they hide).
+
+    Two checkpoints at one step would be two series with the same labels. The one exported is the
+    newest: the latest created_at, then the greatest id.
+    """
+    by_step: dict[int, Checkpoint] = {}
+    hidden: list[Checkpoint] = []
+    for checkpoint in sorted(checkpoints, key=lambda c: (c.step_number, c.created_at, c.id)):
+        if (older := by_step.get(checkpoint.step_number)) is not None:
+            hidden.append(older)
+        by_step[checkpoint.step_number] = checkpoint
+    return tuple(by_step.values()), hidden

@@ -10,9 +10,20 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field, replace
 
+from pydantic import ValidationError
+
 from ckpt_exporter.diff import CheckpointDiff, DiffResult
 from ckpt_exporter.events import EventFeed, EventsResult
-from ckpt_exporter.models import NOT_STARTED_STATUSES, TERMINAL_STATUSES, ApiError, FineTuningJob, Rejected
+from ckpt_exporter.models import (
+    NOT_STARTED_STATUSES,
+    TERMINAL_STATUSES,
+    ApiError,
+    FineTuningJob,
+    Rejected,
+    describe,
+    invalid_reason,
+    parse_job,
+)
 from ckpt_exporter.snapshot import JobSnapshot
 
 # The poller's logger: operators filter on it (docs/operations.md quotes its lines).
@@ -37,6 +48,7 @@ class JobState:
     not_found: int = 0  # consecutive 404s
     full_read_at: float | None = None  # when the latest successful full read started
     rejects_logged: set[tuple[str, str]] = field(default_factory=set)  # (list, reason) logged
+    unexpected_logged: set[str] = field(default_factory=set)  # kinds of our own faults logged
 
     @classmethod
     def new(
@@ -90,22 +102,66 @@ class JobState:
     def count(self, reason: str) -> None:
         self.errors[reason] = self.errors.get(reason, 0) + 1
 
-    def _error_counts(self) -> tuple[tuple[str, int], ...]:
+    def error_counts(self) -> tuple[tuple[str, int], ...]:
         return tuple(sorted(self.errors.items()))
 
     def idle_snapshot(self) -> JobSnapshot:
         """A job with nothing to read (queued, paused, finished and read): polled and up."""
         return replace(self.snapshot, polled=True, up=True)
 
-    def status_read(self, document: FineTuningJob) -> JobSnapshot:
-        """The job's status document, from the listing or its own read."""
+    def held_snapshot(self) -> JobSnapshot:
+        """A refresh is due, but the API asked to wait: held, not fresh, not failed."""
+        return replace(self.snapshot, polled=True, up=False, held=True)
+
+    def unexpected(self, exc: BaseException, where: str) -> JobSnapshot:
+        """A fault of the exporter's own: counted, its traceback logged once per kind, job down."""
+        kind = f"{where}: {type(exc).__name__}"
+        if kind not in self.unexpected_logged:
+            self.unexpected_logged.add(kind)
+            log.error(
+                "job %s: unexpected error in its %s (counted as unexpected_error; logged once)",
+                self.job_id,
+                where,
+                exc_info=exc,
+            )
+        self.count("unexpected_error")
+        return replace(self.snapshot, polled=True, up=False, held=False, errors=self.error_counts())
+
+    def status_read(self, document: FineTuningJob, now: float) -> JobSnapshot:
+        """The job's status document, from the listing or its own read.
+
+        A queued or paused job needs nothing more than its status: it is up once the status is read,
+        which was the whole refresh it needed.
+        """
         old = self.status
         if old != document.status:
             if old is not None:
                 log.info("job %s: status %s -> %s", self.job_id, old, document.status)
             if document.status not in TERMINAL_STATUSES or old not in TERMINAL_STATUSES:
                 self.final_read_done = self.read_since_finished(document)
-        return replace(self.snapshot, job=document)
+        snapshot = replace(self.snapshot, job=document)
+        if document.status in IDLE_STATUSES:
+            if not snapshot.up or snapshot.held:
+                self.not_found = 0
+                self.last_error = None
+            snapshot = replace(snapshot, polled=True, up=True, held=False, last_success=now)
+        return snapshot
+
+    def status_document(self, raw: object, now: float) -> JobSnapshot:
+        """The job's own read (GET /fine_tuning/jobs/{id}): its document, if it is one, and its own."""
+        try:
+            document = parse_job(raw)
+        except ValidationError as exc:  # status unknown; logged once while it recurs
+            self.note_rejected([Rejected(invalid_reason(exc, "invalid_job"), describe(exc))], "job")
+            return replace(self.snapshot, polled=True, up=False, held=False, errors=self.error_counts())
+        if document.id != self.job_id:  # a document must be about the job asked for
+            log.warning("job %s: the API answered with another job's document; ignored", self.job_id)
+            return self._status_failed("wrong_job")
+        return self.status_read(document, now)
+
+    def _status_failed(self, reason: str) -> JobSnapshot:
+        self.count(reason)
+        return replace(self.snapshot, polled=True, up=False, held=False, errors=self.error_counts())
 
     def poll_outcome(
         self,
@@ -123,10 +179,14 @@ class JobState:
             snapshot = self._events_read(snapshot, events)
         for failure in failures:
             snapshot = self.failed(snapshot, failure, now, poll_interval)
-        return replace(snapshot, errors=self._error_counts())
+        held = any(failure.held for failure in failures)
+        return replace(snapshot, held=held, errors=self.error_counts())
 
     def failed(self, snapshot: JobSnapshot, exc: ApiError, now: float, poll_interval: float) -> JobSnapshot:
-        """Count the failure, log it once per reason, back off a 404."""
+        """Count the failure, log it once per reason, back off a 404; a request the gate held back
+        (never sent) is no failure: the job is shown as held."""
+        if exc.held:
+            return replace(snapshot, polled=True, up=False, held=True)
         self.count(exc.reason)
         if exc.status == 404:
             if now >= self.not_before:  # not a second 404 of the same poll (status and checkpoints)
@@ -141,7 +201,7 @@ class JobState:
         elif exc.status not in (401, 403) and self.last_error != exc.reason:  # the key: the account's
             log.warning("job %s: poll failed (%s): %s", self.job_id, exc.reason, exc)
         self.last_error = exc.reason
-        return replace(snapshot, polled=True, up=False, errors=self._error_counts())
+        return replace(snapshot, polled=True, up=False, errors=self.error_counts())
 
     def note_rejected(self, rejected: list[Rejected], source: str, *, clear: bool = True) -> None:
         """Count every unusable item or bound hit; log each reason once while it keeps coming back.

@@ -74,6 +74,8 @@ def parse_listed_job(raw: object) -> FineTuningJob | Rejected:
         return parse_job(raw)
     except ValidationError as exc:
         return Rejected(invalid_reason(exc, "invalid_job"), describe(exc))
+    except Exception as exc:  # a document that breaks the validator itself: skipped like the rest
+        return Rejected("invalid_job", type(exc).__name__)
 
 
 @dataclass
@@ -103,19 +105,22 @@ class Listing:
     def _log_rejected(walker: PageWalker[FineTuningJob]) -> None:
         for item in walker.rejected:
             if item.reason != "too_many_pages":  # the walk's end, not a job: see `truncated`
-                log.warning("jobs listing: ignored an invalid job (%s: %s)", item.reason, item.detail)
+                log.warning("jobs listing: ignored an invalid job (%s)", item.detail)
         walker.rejected.clear()
 
     async def statuses(
-        self, wanted: set[str], oldest: int | None, apply: Callable[[FineTuningJob], None]
+        self, wanted: dict[str, FineTuningJob | None], apply: Callable[[FineTuningJob], None]
     ) -> None:
-        """Walk until every job in `wanted` is seen (removing it), or past `oldest` (created_at)."""
+        """Walk until every job in `wanted` (id: its last document) is seen, removing it; or, when
+        all of them were read before, until the listing is older than the oldest of them."""
+        known = [document.created_at for document in wanted.values() if document is not None]
+        oldest = min(known) if len(known) == len(wanted) else None
         walker = self._walker(None, MAX_STATUS_PAGES)
         while wanted and (documents := await walker.next_page()) is not None:
             self._log_rejected(walker)
             for document in documents:
                 if document.id in wanted:
-                    wanted.discard(document.id)
+                    del wanted[document.id]
                     apply(document)
             if not documents or (oldest is not None and documents[-1].created_at < oldest):
                 break

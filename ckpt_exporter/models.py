@@ -18,6 +18,7 @@ from dataclasses import dataclass as plain_dataclass
 from typing import Annotated, Any
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -31,11 +32,27 @@ from pydantic.dataclasses import dataclass
 
 # Strictness is per field (Strict* types): a strict config would refuse dicts for dataclasses.
 KEPT = ConfigDict(extra="ignore", allow_inf_nan=False)
+
+
+def _encodable(text: str) -> str:
+    """A string that UTF-8 can carry: JSON's escapes can make a lone surrogate, which it cannot."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("the string holds a lone surrogate (not valid Unicode)") from None
+    return text
+
+
+# An integer the exposition can write: beyond +-2**53 a float (every sample's type) loses digits,
+# and beyond about 1.8e308 it cannot hold it at all. No step, count or timestamp comes near.
+MAX_INTEGER = 2**53
 # Every string the exporter keeps or exports (ids, statuses, models, suffixes, levels) is bounded: the
 # longest real ones are about 100 characters (a fine-tuned model name), metadata values 512.
 MAX_STRING_LENGTH = 512
-Text = Annotated[StrictStr, Field(max_length=MAX_STRING_LENGTH)]
-NonEmpty = Annotated[StrictStr, Field(min_length=1, max_length=MAX_STRING_LENGTH)]
+AnyText = Annotated[StrictStr, AfterValidator(_encodable)]  # not kept: an event's message
+Text = Annotated[StrictStr, Field(max_length=MAX_STRING_LENGTH), AfterValidator(_encodable)]
+NonEmpty = Annotated[Text, Field(min_length=1)]
+Integer = Annotated[StrictInt, Field(ge=-MAX_INTEGER, le=MAX_INTEGER)]
 
 # The checkpoint metric fields, in the order they are exported.
 METRIC_FIELDS = (
@@ -64,9 +81,9 @@ class CheckpointMetrics:
 @dataclass(config=KEPT, frozen=True, slots=True)
 class Checkpoint:
     id: NonEmpty
-    created_at: StrictInt
+    created_at: Integer
     fine_tuning_job_id: Text
-    step_number: StrictInt
+    step_number: Integer
     fine_tuned_model_checkpoint: Text | None = None
     metrics: CheckpointMetrics = CheckpointMetrics()
 
@@ -108,12 +125,12 @@ class FineTuningJob:
 
     id: NonEmpty
     status: NonEmpty
-    created_at: StrictInt
+    created_at: Integer
     model: Text | None = None
     fine_tuned_model: Text | None = None
-    finished_at: StrictInt | None = None
-    trained_tokens: StrictInt | None = None
-    estimated_finish: StrictInt | None = None
+    finished_at: Integer | None = None
+    trained_tokens: Integer | None = None
+    estimated_finish: Integer | None = None
     user_provided_suffix: Text | None = None
     metadata: dict[Text, Text] | None = None
 
@@ -138,8 +155,8 @@ def parse_job(raw: Any) -> FineTuningJob:
 class MetricsEventData(CheckpointMetrics):
     """The data of a `metrics` event: a checkpoint's metric fields, an integer step, total_steps."""
 
-    step: StrictInt | None = None
-    total_steps: StrictInt | None = None
+    step: Integer | None = None
+    total_steps: Integer | None = None
 
 
 _metrics_event_data = TypeAdapter(MetricsEventData)
@@ -155,11 +172,11 @@ class JobEvent(BaseModel):
 
     model_config = ConfigDict(strict=True, frozen=True, extra="ignore")
 
-    id: Annotated[str, Field(max_length=MAX_STRING_LENGTH)]
-    created_at: int
-    level: Annotated[str, Field(max_length=MAX_STRING_LENGTH)]
-    message: str = ""
-    type: str | None = None
+    id: Text
+    created_at: Integer
+    level: Text
+    message: AnyText = ""
+    type: Text | None = None
     data: dict[str, Any] | None = None
 
 
@@ -168,16 +185,23 @@ class ApiError(Exception):
 
     `reason` is one of a small fixed set, fit for a metric label. `retry_after` is the wait, in
     seconds from when the error was raised, that the API asked for (Retry-After, retry-after-ms):
-    no request for the same job should go out before it has passed.
+    no request for the same job should go out before it has passed. `held`: the request was not
+    sent, because an earlier answer asked to wait longer than is waited in place.
     """
 
     def __init__(
-        self, reason: str, message: str, status: int | None = None, retry_after: float | None = None
+        self,
+        reason: str,
+        message: str,
+        status: int | None = None,
+        retry_after: float | None = None,
+        held: bool = False,
     ) -> None:
         super().__init__(message)
         self.reason = reason
         self.status = status
         self.retry_after = retry_after
+        self.held = held
 
 
 @plain_dataclass

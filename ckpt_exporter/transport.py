@@ -80,6 +80,10 @@ class ApiKeyAuth(httpx.Auth):
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         key = self._keys.get()
+        if key and not key.isprintable():
+            # A line break would split the header (and transports log the refused value): refused
+            # here, so that the key never reaches a header; the request fails as invalid_request.
+            raise ValueError("the API key holds a control character")
         if key:
             request.headers[self._header] = f"Bearer {key}" if self._header == "Authorization" else key
         yield request
@@ -128,6 +132,14 @@ class Reply:
         return self.response.status_code
 
 
+class Unsendable(Exception):
+    """A request that cannot be put on the wire: a URL too long or invalid, a control character in
+    a header (the API key). Its message is the exception's type only: a header may be a secret."""
+
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(type(cause).__name__)
+
+
 class Transport:
     """GETs of paths under the client's base URL, each body read whole within `max_response_bytes`."""
 
@@ -156,11 +168,16 @@ class Transport:
         return request
 
     async def get(self, path: str, params: dict[str, Any]) -> Reply:
-        """One attempt; TooLarge past the cap, httpx.TransportError for any transport failure."""
+        """One attempt; TooLarge past the cap, Unsendable for a request that cannot go out,
+        httpx.TransportError for any transport failure."""
         try:
             return await self._fetch(path, params)
+        except httpx.LocalProtocolError as exc:  # httpx's own transport refusing a header
+            raise Unsendable(exc) from None
         except (httpx.TransportError, TooLarge, BadEncoding, TimeoutError):  # the caller maps a timeout
             raise
+        except (httpx.InvalidURL, ValueError) as exc:  # aiohttp refuses a header with a ValueError
+            raise Unsendable(exc) from None
         except Exception as exc:
             # A transport library's own error that slipped through its mapping (httpx-aiohttp
             # re-raises what it does not know): a failed attempt like any other.

@@ -75,7 +75,7 @@ async def test_a_status_walk_past_the_page_bound_is_logged_once(caplog: pytest.L
         listing = Listing(ApiClient(http, max_retries=0), "default")
         with caplog.at_level(logging.WARNING):
             for _ in range(2):
-                await listing.statuses({"ftjob-never-listed"}, None, lambda document: None)
+                await listing.statuses({"ftjob-never-listed": None}, lambda document: None)
     assert len(requests) == 2 * MAX_STATUS_PAGES
     logged = [r.getMessage() for r in caplog.records if "too_many_pages" in r.getMessage()]
     assert logged == [
