@@ -18,11 +18,12 @@ from urllib.parse import quote
 import httpx
 from pydantic import ValidationError
 
+from ckpt_exporter.bodies import MAX_JSON_VALUES, BadEncoding, TooLarge, json_values_at_most
 from ckpt_exporter.gate import RequestGate, WaitObserver, rate_budget
 from ckpt_exporter.logging_setup import redact
 from ckpt_exporter.models import ApiError, ListPage
 from ckpt_exporter.retries import Retryable, RetryPolicy, is_retryable, retry_after_seconds
-from ckpt_exporter.transport import MAX_RESPONSE_BYTES, Reply, TooLarge, Transport, is_timeout
+from ckpt_exporter.transport import MAX_RESPONSE_BYTES, Reply, Transport, Unsendable, is_timeout
 
 RequestObserver = Callable[[str, str], None]  # (endpoint, code)
 
@@ -50,11 +51,12 @@ class ApiClient:
         attempt_timeout: float | None = None,
         max_response_bytes: int = MAX_RESPONSE_BYTES,
         gate: RequestGate | None = None,
+        account: str = "default",
     ) -> None:
         self._transport = Transport(http, max_response_bytes)
         budget = rate_budget(max_requests_per_second) if max_requests_per_second is not None else None
         self.gate = gate or RequestGate(
-            max_in_flight, budget, observe_wait=observe_wait, sleep=sleep, clock=clock
+            max_in_flight, budget, observe_wait=observe_wait, account=account, sleep=sleep, clock=clock
         )
         self._retries = RetryPolicy(max_retries, sleep, rng)
         self._observe = observe or (lambda endpoint, code: None)
@@ -77,6 +79,15 @@ class ApiClient:
             except TooLarge as exc:
                 self._observe(endpoint, str(exc.status))
                 raise ApiError("too_large", str(exc), status=exc.status) from None
+            except BadEncoding as exc:
+                self._observe(endpoint, str(exc.status))
+                raise ApiError("bad_encoding", str(exc), status=exc.status) from None
+            except Unsendable as exc:
+                raise ApiError(
+                    "invalid_request",
+                    f"the request cannot be sent ({exc}): a control character in the API key, or an "
+                    "id or cursor from the API too long for a URL",
+                ) from None
         self._observe(endpoint, str(reply.status))
         self.gate.note_rate_limit(reply.response)
         if reply.status >= 400:
@@ -103,12 +114,22 @@ class ApiClient:
             if is_timeout(exc):
                 raise ApiError("timeout", f"timed out ({what})") from None
             raise ApiError("transport", f"connection failed ({what})") from None
+        if 300 <= reply.status < 400:  # redirects are not followed: a 3xx body is not the data
+            raise ApiError(
+                f"http_{reply.status}",
+                f"HTTP {reply.status}: a redirect, not followed (check api_base_url)",
+                status=reply.status,
+            )
         if reply.status >= 400:
             raise ApiError(
                 f"http_{reply.status}",
                 f"HTTP {reply.status}{_STATUS_HINTS.get(reply.status, '')}: {_error_message(reply)}",
                 status=reply.status,
                 retry_after=retry_after_seconds(reply.response),
+            )
+        if (values := json_values_at_most(reply.body)) > MAX_JSON_VALUES:
+            raise ApiError(
+                "too_large", f"the response holds up to {values} JSON values, over {MAX_JSON_VALUES}"
             )
         try:
             return json.loads(reply.body)
@@ -174,6 +195,8 @@ _STATUS_HINTS = {
 
 def _error_message(reply: Reply) -> str:
     """The API's own error message, one line, without any key it might echo."""
+    if json_values_at_most(reply.body) > MAX_JSON_VALUES:
+        return reply.response.reason_phrase or "error"
     try:
         message = json.loads(reply.body)["error"]["message"]
     except (ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError):

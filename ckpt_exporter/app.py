@@ -129,6 +129,7 @@ def build_account(
         max_requests_per_second=settings.max_requests_per_second,
         observe=metrics.observe_request,
         observe_wait=metrics.rate_limit_wait.inc,
+        account=account.name,
     )
     poller = Poller(
         client,

@@ -15,17 +15,21 @@ it, too, is one request; the first read of a job walks pages of `page_size`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from pydantic import ValidationError
 
-from ckpt_exporter.models import Checkpoint, Rejected, describe, parse_checkpoint
+from ckpt_exporter.models import Checkpoint, Rejected, describe, invalid_reason, parse_checkpoint
 from ckpt_exporter.pages import FetchPage, Order, PageWalker, learn_order
 
 log = logging.getLogger(__name__)
 
 MAX_LIMIT = 100  # the largest `limit` a reconciling read asks for
+# What one job may make us hold: real jobs have a few (OpenAI keeps the last 3 epochs' checkpoints),
+# Azure one per epoch. Past it the list is read no further, and the rest is counted, not kept.
+MAX_CHECKPOINTS = 1000
+MAX_CHECKPOINT_PAGES = 1000  # pages per walk: all of MAX_CHECKPOINTS even at page_size 1
 
 
 @dataclass
@@ -56,10 +60,25 @@ class CheckpointDiff:
         self.order: Order | None = None
         self._polls_since_full_read = 0
         self._need_full_read = True
+        self._hidden: set[str] = set()  # ids hidden by a newer checkpoint at the same step
 
     def checkpoints(self) -> tuple[Checkpoint, ...]:
-        """The known checkpoints, oldest first."""
-        return tuple(sorted(self.known.values(), key=lambda c: c.order_key))
+        """The checkpoints to export, oldest first: one per step (see `one_per_step`)."""
+        return one_per_step(self.known.values())[0]
+
+    def _note_duplicates(self, result: DiffResult) -> None:
+        """Count each checkpoint that another at its step hides, once, when it starts to be hidden."""
+        hidden = one_per_step(self.known.values())[1]
+        for checkpoint in hidden:
+            if checkpoint.id not in self._hidden:
+                result.rejected.append(
+                    Rejected(
+                        "duplicate_step",
+                        f"checkpoint {checkpoint.id} shares step {checkpoint.step_number} with a newer one, "
+                        "which is exported",
+                    )
+                )
+        self._hidden = {checkpoint.id for checkpoint in hidden}
 
     def newest(self) -> Checkpoint | None:
         return max(self.known.values(), key=lambda c: c.order_key, default=None)
@@ -82,6 +101,8 @@ class CheckpointDiff:
             await self._read_newest_first(fetch, result)
         else:
             await self._read_oldest_first(fetch, result)
+        if result.changed:
+            self._note_duplicates(result)
         return result
 
     async def _full_read(self, fetch: FetchPage, result: DiffResult) -> None:
@@ -90,6 +111,7 @@ class CheckpointDiff:
         walker = self._walker(fetch, None, limit)
         while (page := await walker.next_page()) is not None:
             listed.extend(page)
+            listed = self._within(listed, MAX_CHECKPOINTS, walker, result)
         result.absorb(walker)
         seen = {c.id: c for c in listed}
         result.new = [c for c in seen.values() if c.id not in self.known]
@@ -109,8 +131,9 @@ class CheckpointDiff:
                     found_known = True
                     break
                 new.append(item)
+            new = self._within(new, MAX_CHECKPOINTS - len(self.known), walker, result)
         result.absorb(walker)
-        if not found_known:
+        if not found_known and not walker.truncated:
             # We read the whole list without meeting a known id: it is a full read after all.
             removed = list(self.known)
             self.known = {c.id: c for c in new}
@@ -126,11 +149,27 @@ class CheckpointDiff:
         walker = self._walker(fetch, newest.id, self.page_size)
         while (page := await walker.next_page()) is not None:
             new.extend(item for item in page if item.id not in self.known)
+            new = self._within(new, MAX_CHECKPOINTS - len(self.known), walker, result)
         result.absorb(walker)
         self._apply_new(new, result)
 
     def _walker(self, fetch: FetchPage, after: str | None, limit: int) -> PageWalker[Checkpoint]:
-        return PageWalker(fetch, after, limit, checkpoint_parser(self.job_id))
+        return PageWalker(fetch, after, limit, checkpoint_parser(self.job_id), MAX_CHECKPOINT_PAGES)
+
+    @staticmethod
+    def _within(
+        items: list[Checkpoint], room: int, walker: PageWalker[Checkpoint], result: DiffResult
+    ) -> list[Checkpoint]:
+        """`items` up to the room left under MAX_CHECKPOINTS; past it the walk stops, counted."""
+        if len(items) <= room:
+            return items
+        walker.stop(truncated=True)
+        result.rejected.append(
+            Rejected(
+                "too_many_checkpoints", f"the job lists more than {MAX_CHECKPOINTS}; the rest is not kept"
+            )
+        )
+        return items[: max(room, 0)]
 
     def _apply_new(self, new: list[Checkpoint], result: DiffResult) -> None:
         for item in new:
@@ -145,9 +184,24 @@ def checkpoint_parser(job_id: str) -> Callable[[object], Checkpoint | Rejected]:
     def parse(raw: object) -> Checkpoint | Rejected:
         parsed = parse_checkpoint(raw)
         if isinstance(parsed, ValidationError):
-            return Rejected("invalid_checkpoint", describe(parsed))
+            return Rejected(invalid_reason(parsed, "invalid_checkpoint"), describe(parsed))
         if parsed.fine_tuning_job_id != job_id:
             return Rejected("wrong_job", f"checkpoint {parsed.id} belongs to another job")
         return parsed
 
     return parse
+
+
+def one_per_step(checkpoints: Iterable[Checkpoint]) -> tuple[tuple[Checkpoint, ...], list[Checkpoint]]:
+    """(the checkpoint of each step, oldest step first; the checkpoints they hide).
+
+    Two checkpoints at one step would be two series with the same labels. The one exported is the
+    newest: the latest created_at, then the greatest id.
+    """
+    by_step: dict[int, Checkpoint] = {}
+    hidden: list[Checkpoint] = []
+    for checkpoint in sorted(checkpoints, key=lambda c: (c.step_number, c.created_at, c.id)):
+        if (older := by_step.get(checkpoint.step_number)) is not None:
+            hidden.append(older)
+        by_step[checkpoint.step_number] = checkpoint
+    return tuple(by_step.values()), hidden

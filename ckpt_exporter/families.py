@@ -23,7 +23,7 @@ JOB_PREFIX = "openai_fine_tuning_job_"
 # The live gauges from a running job's latest metrics event: openai_fine_tuning_job_<name>.
 LIVE_FIELDS = (*METRIC_FIELDS, "step", "total_steps")
 # The snapshot fields that only the poll-state families read.
-POLL_STATE_FIELDS = ("polled", "up", "last_success", "discovered_total", "errors")
+POLL_STATE_FIELDS = ("polled", "up", "held", "last_success", "discovered_total", "errors")
 
 _METRIC_HELP = {
     "train_loss": "Training loss of the mini-batch at the checkpoint's step, as reported by the API.",
@@ -94,6 +94,11 @@ def _of_document(field: str) -> Callable[[JobSnapshot], float | None]:
     return value
 
 
+def _timestamp(seconds: int | None) -> float | None:
+    """A Unix time, or no sample: 0 or less is the API's "none" (estimated_finish: 0 when done)."""
+    return float(seconds) if seconds is not None and seconds > 0 else None
+
+
 def _job_info(job: JobSnapshot) -> dict[str, str] | None:
     if job.job is None:
         return None
@@ -138,7 +143,7 @@ FAMILIES: tuple[Family | FieldFamilies, ...] = (
         ("job_id", "step"),
         "Unix time at which the checkpoint was created.",
         "stable",
-        _per_checkpoint(lambda c: float(c.created_at)),
+        _per_checkpoint(lambda c: _timestamp(c.created_at)),
     ),
     Family(
         "openai_fine_tuning_checkpoint",
@@ -218,7 +223,7 @@ FAMILIES: tuple[Family | FieldFamilies, ...] = (
         ("job_id",),
         "Unix time at which the API estimates a running job will finish.",
         "stable",
-        _per_job(_of_document("estimated_finish")),
+        _per_job(lambda job: _timestamp(job.job.estimated_finish if job.job is not None else None)),
     ),
     *(_live(name) for name in LIVE_FIELDS),
     FieldFamilies(
@@ -265,9 +270,19 @@ FAMILIES: tuple[Family | FieldFamilies, ...] = (
         "ckpt_exporter_job_up",
         "gauge",
         ("job_id",),
-        "1 when the latest poll of the job succeeded, else 0.",
+        "1 when the latest attempt to refresh the job's data (status, checkpoints, events as its "
+        "state needs) succeeded, else 0.",
         "poll_state",
         _per_job(lambda job: 1.0 if job.up else 0.0),
+    ),
+    Family(
+        "ckpt_exporter_job_held",
+        "gauge",
+        ("job_id",),
+        "1 while a refresh of the job is due but held back because the API asked to wait "
+        "(Retry-After, rate-limit pause); job_up is 0 meanwhile.",
+        "poll_state",
+        _per_job(lambda job: 1.0 if job.held else 0.0),
     ),
     Family(
         "ckpt_exporter_job_last_success_timestamp_seconds",

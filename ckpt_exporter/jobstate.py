@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field, replace
 
+from pydantic import ValidationError
+
 from ckpt_exporter.diff import CheckpointDiff, DiffResult
 from ckpt_exporter.events import EventFeed, EventsResult
 from ckpt_exporter.families import RESERVED_FIELDS
@@ -22,6 +24,9 @@ from ckpt_exporter.models import (
     FineTuningJob,
     Rejected,
     SignInFailed,
+    describe,
+    invalid_reason,
+    parse_job,
 )
 from ckpt_exporter.snapshot import JobSnapshot
 
@@ -50,6 +55,7 @@ class JobState:
     rejects_logged: set[tuple[str, str]] = field(default_factory=set)  # (list, reason) logged
     fields: FieldBudget = field(default_factory=lambda: FieldBudget(RESERVED_FIELDS))
     field_problems: set[tuple[str, str]] = field(default_factory=set)  # (reason, what) counted
+    unexpected_logged: set[str] = field(default_factory=set)  # kinds of our own faults logged
 
     @classmethod
     def new(
@@ -103,22 +109,66 @@ class JobState:
     def count(self, reason: str) -> None:
         self.errors[reason] = self.errors.get(reason, 0) + 1
 
-    def _error_counts(self) -> tuple[tuple[str, int], ...]:
+    def error_counts(self) -> tuple[tuple[str, int], ...]:
         return tuple(sorted(self.errors.items()))
 
     def idle_snapshot(self) -> JobSnapshot:
         """A job with nothing to read (queued, paused, finished and read): polled and up."""
         return replace(self.snapshot, polled=True, up=True)
 
-    def status_read(self, document: FineTuningJob) -> JobSnapshot:
-        """The job's status document, from the listing or its own read."""
+    def held_snapshot(self) -> JobSnapshot:
+        """A refresh is due, but the API asked to wait: held, not fresh, not failed."""
+        return replace(self.snapshot, polled=True, up=False, held=True)
+
+    def unexpected(self, exc: BaseException, where: str) -> JobSnapshot:
+        """A fault of the exporter's own: counted, its traceback logged once per kind, job down."""
+        kind = f"{where}: {type(exc).__name__}"
+        if kind not in self.unexpected_logged:
+            self.unexpected_logged.add(kind)
+            log.error(
+                "job %s: unexpected error in its %s (counted as unexpected_error; logged once)",
+                self.job_id,
+                where,
+                exc_info=exc,
+            )
+        self.count("unexpected_error")
+        return replace(self.snapshot, polled=True, up=False, held=False, errors=self.error_counts())
+
+    def status_read(self, document: FineTuningJob, now: float) -> JobSnapshot:
+        """The job's status document, from the listing or its own read.
+
+        A queued or paused job needs nothing more than its status: it is up once the status is read,
+        which was the whole refresh it needed.
+        """
         old = self.status
         if old != document.status:
             if old is not None:
                 log.info("job %s: status %s -> %s", self.job_id, old, document.status)
             if document.status not in TERMINAL_STATUSES or old not in TERMINAL_STATUSES:
                 self.final_read_done = self.read_since_finished(document)
-        return replace(self.snapshot, job=document)
+        snapshot = replace(self.snapshot, job=document)
+        if document.status in IDLE_STATUSES:
+            if not snapshot.up or snapshot.held:
+                self.not_found = 0
+                self.last_error = None
+            snapshot = replace(snapshot, polled=True, up=True, held=False, last_success=now)
+        return snapshot
+
+    def status_document(self, raw: object, now: float) -> JobSnapshot:
+        """The job's own read (GET /fine_tuning/jobs/{id}): its document, if it is one, and its own."""
+        try:
+            document = parse_job(raw)
+        except ValidationError as exc:  # status unknown; logged once while it recurs
+            self.note_rejected([Rejected(invalid_reason(exc, "invalid_job"), describe(exc))], "job")
+            return replace(self.snapshot, polled=True, up=False, held=False, errors=self.error_counts())
+        if document.id != self.job_id:  # a document must be about the job asked for
+            log.warning("job %s: the API answered with another job's document; ignored", self.job_id)
+            return self._status_failed("wrong_job")
+        return self.status_read(document, now)
+
+    def _status_failed(self, reason: str) -> JobSnapshot:
+        self.count(reason)
+        return replace(self.snapshot, polled=True, up=False, held=False, errors=self.error_counts())
 
     def poll_outcome(
         self,
@@ -136,10 +186,14 @@ class JobState:
             snapshot = self._events_read(snapshot, events)
         for failure in failures:
             snapshot = self.failed(snapshot, failure, now, poll_interval)
-        return replace(snapshot, errors=self._error_counts())
+        held = any(failure.held for failure in failures)
+        return replace(snapshot, held=held, errors=self.error_counts())
 
     def failed(self, snapshot: JobSnapshot, exc: ApiError, now: float, poll_interval: float) -> JobSnapshot:
-        """Count the failure, log it once per reason, back off a 404."""
+        """Count the failure, log it once per reason, back off a 404; a request the gate held back
+        (never sent) is no failure: the job is shown as held."""
+        if exc.held:
+            return replace(snapshot, polled=True, up=False, held=True)
         self.count(exc.reason)
         if exc.status == 404:
             if now >= self.not_before:  # not a second 404 of the same poll (status and checkpoints)
@@ -158,23 +212,28 @@ class JobState:
         ):
             log.warning("job %s: poll failed (%s): %s", self.job_id, exc.reason, exc)
         self.last_error = exc.reason
-        return replace(snapshot, polled=True, up=False, errors=self._error_counts())
+        return replace(snapshot, polled=True, up=False, errors=self.error_counts())
 
-    def _rejected(self, rejected: list[Rejected], source: str) -> None:
-        """Count every unusable item; log each reason once while it keeps coming back."""
+    def note_rejected(self, rejected: list[Rejected], source: str, *, clear: bool = True) -> None:
+        """Count every unusable item or bound hit; log each reason once while it keeps coming back.
+
+        `source` is the list (checkpoints, events) or "job" (the job's own document). A read that
+        could have met a reason and did not (`clear`) ends its "while": the next one is logged again.
+        """
         reasons = {(source, item.reason) for item in rejected}
         for item in rejected:
             self.count(item.reason)
             if (source, item.reason) not in self.rejects_logged:
                 self.rejects_logged.add((source, item.reason))
                 log.warning(
-                    "job %s: ignored an item of the %s list (%s): %s (counted; logged once while it recurs)",
+                    "job %s: %s (%s): %s (counted; logged once while it recurs)",
                     self.job_id,
-                    source,
+                    _what(source, item.reason),
                     item.reason,
                     item.detail,
                 )
-        self.rejects_logged &= reasons | {r for r in self.rejects_logged if r[0] != source}
+        if clear:
+            self.rejects_logged &= reasons | {r for r in self.rejects_logged if r[0] != source}
 
     def _fields_read(
         self, snapshot: JobSnapshot, metrics: list[CheckpointMetrics], source: str
@@ -201,7 +260,7 @@ class JobState:
         return snapshot
 
     def _events_read(self, snapshot: JobSnapshot, result: EventsResult) -> JobSnapshot:
-        self._rejected(result.rejected, "events")
+        self.note_rejected(result.rejected, "events")
         for event in result.new:
             if event.level in ("warn", "error"):
                 log.info("job %s: %s event: %s", self.job_id, event.level, event.message[:200])
@@ -216,7 +275,8 @@ class JobState:
         if self.last_error is not None:
             log.info("job %s: polls succeed again", job_id)
             self.last_error = None
-        self._rejected(result.rejected, "checkpoints")
+        # Only a full read meets again the items an incremental one stops before.
+        self.note_rejected(result.rejected, "checkpoints", clear=result.full_read)
         discovered = snapshot.discovered_total
         if not self.read_once:
             self.read_once = True
@@ -246,3 +306,14 @@ class JobState:
             last_success=now,
             discovered_total=discovered,
         )
+
+
+BOUNDS = frozenset({"too_many_pages", "too_many_checkpoints", "too_many_event_levels"})
+
+
+def _what(source: str, reason: str) -> str:
+    if source == "job":
+        return "ignored its job document"
+    if reason in BOUNDS:
+        return f"the {source} list went past a bound"
+    return f"ignored an item of the {source} list"

@@ -43,12 +43,20 @@ def render(families: Callable[[], Iterable[Metric]], openmetrics: bool) -> bytes
 
 
 def split_by_family(rendered: bytes) -> tuple[list[str], dict[str, bytes], dict[str, bytes]]:
-    """Split rendered output into (family order, header lines by family, sample lines by family)."""
+    """Split rendered output into (family order, header lines by family, sample lines by family).
+
+    Lines end at \n alone, as in the text format: prometheus_client escapes \n in label values but
+    leaves the other characters that str.splitlines would break at (\r, \x0b, \x1c, \x85, \u2028
+    ...), and a label value from the API may hold any of them.
+    """
     order: list[str] = []
     headers: dict[str, list[str]] = {}
     samples: dict[str, list[str]] = {}
     current = ""
-    for line in rendered.decode("utf-8").splitlines(keepends=True):
+    for text in rendered.decode("utf-8").split("\n"):
+        if not text:
+            continue
+        line = text + "\n"
         if line.startswith("# HELP "):
             current = line.split(" ", 3)[2]
             order.append(current)

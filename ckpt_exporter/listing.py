@@ -23,6 +23,7 @@ from ckpt_exporter.models import (
     Rejected,
     SignInFailed,
     describe,
+    invalid_reason,
     parse_job,
 )
 from ckpt_exporter.pages import PageWalker
@@ -73,7 +74,18 @@ def parse_listed_job(raw: object) -> FineTuningJob | Rejected:
     try:
         return parse_job(raw)
     except ValidationError as exc:
-        return Rejected("invalid_job", describe(exc))
+        return Rejected(invalid_reason(exc, "invalid_job"), describe(exc))
+    except Exception as exc:  # a document that breaks the validator itself: skipped like the rest
+        return Rejected("invalid_job", type(exc).__name__)
+
+
+@dataclass
+class Discovered:
+    """What a discovery walk found, and what ended it before the listing's end, if anything (a
+    pagination loop, the page bound, a failed page): then the jobs found are watched, none dropped."""
+
+    found: dict[str, FineTuningJob]
+    stopped: ApiError | None = None
 
 
 class Listing:
@@ -93,22 +105,29 @@ class Listing:
     @staticmethod
     def _log_rejected(walker: PageWalker[FineTuningJob]) -> None:
         for item in walker.rejected:
-            log.warning("jobs listing: ignored an invalid job (%s)", item.detail)
+            if item.reason != "too_many_pages":  # the walk's end, not a job: see `truncated`
+                log.warning("jobs listing: ignored an invalid job (%s)", item.detail)
         walker.rejected.clear()
 
     async def statuses(
-        self, wanted: set[str], oldest: int | None, apply: Callable[[FineTuningJob], None]
+        self, wanted: dict[str, FineTuningJob | None], apply: Callable[[FineTuningJob], None]
     ) -> None:
-        """Walk until every job in `wanted` is seen (removing it), or past `oldest` (created_at)."""
+        """Walk until every job in `wanted` (id: its last document) is seen, removing it; or, when
+        all of them were read before, until the listing is older than the oldest of them."""
+        known = [document.created_at for document in wanted.values() if document is not None]
+        oldest = min(known) if len(known) == len(wanted) else None
         walker = self._walker(None, MAX_STATUS_PAGES)
         while wanted and (documents := await walker.next_page()) is not None:
             self._log_rejected(walker)
             for document in documents:
                 if document.id in wanted:
-                    wanted.discard(document.id)
+                    del wanted[document.id]
                     apply(document)
             if not documents or (oldest is not None and documents[-1].created_at < oldest):
                 break
+        if walker.truncated:  # the rest is read one job at a time
+            self.failed(ApiError("too_many_pages", f"the listing goes on past {MAX_STATUS_PAGES} pages"))
+            return
         self._last_error = None
 
     async def discover(
@@ -118,24 +137,30 @@ class Listing:
         now: float,
         watched: Collection[str],
         apply: Callable[[FineTuningJob], None],
-    ) -> dict[str, FineTuningJob]:
+    ) -> Discovered:
         """The jobs that match the filters and this shard; `apply` gets every watched job seen."""
         found: dict[str, FineTuningJob] = {}
         walker = self._walker(discovery.metadata, MAX_DISCOVERY_PAGES)
         max_age = discovery.max_age_seconds
-        while (documents := await walker.next_page()) is not None:
-            self._log_rejected(walker)
-            for document in documents:
-                if document.id in watched:
-                    apply(document)
-                if discovery.matches(document, now) and shard.owns(document.id):
-                    found[document.id] = document
-            if not documents:
-                break
-            if max_age is not None and all(d.created_at < now - max_age for d in documents):
-                break  # the listing is newest first: the rest is older still
+        try:
+            while (documents := await walker.next_page()) is not None:
+                self._log_rejected(walker)
+                for document in documents:
+                    if document.id in watched:
+                        apply(document)
+                    if discovery.matches(document, now) and shard.owns(document.id):
+                        found[document.id] = document
+                if not documents:
+                    break
+                if max_age is not None and all(d.created_at < now - max_age for d in documents):
+                    break  # the listing is newest first: the rest is older still
+        except ApiError as exc:
+            return Discovered(found, exc)
+        if walker.truncated:
+            bound = ApiError("too_many_pages", f"the listing goes on past {MAX_DISCOVERY_PAGES} pages")
+            return Discovered(found, bound)
         self._last_error = None
-        return found
+        return Discovered(found)
 
     def failed(self, exc: ApiError) -> None:
         """Log a failed walk once per reason (a 401/403 or a sign-in failure is the account's)."""

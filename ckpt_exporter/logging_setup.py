@@ -66,8 +66,23 @@ def redact(text: str) -> str:
     return text
 
 
+# Every character str.splitlines (and so many log readers) breaks a line at.
+_LINE_BREAKS = {c: c.encode("unicode_escape").decode() for c in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"}
+_LINE_BREAK_TABLE = str.maketrans(_LINE_BREAKS)
+
+
+def one_line(text: str) -> str:
+    r"""The text with its line breaks escaped, so that a string from the API cannot forge a record.
+
+    >>> one_line("a\nb\r# c\u2028")
+    'a\\nb\\r# c\\u2028'
+    """
+    return text.translate(_LINE_BREAK_TABLE)
+
+
 class RedactingFilter(logging.Filter):
-    """Renders each record's message, exception and stack once, redacted, before any formatter."""
+    """Renders each record's message, exception and stack once, redacted, before any formatter;
+    the message on one line (tracebacks keep theirs)."""
 
     _formatter = logging.Formatter()
 
@@ -76,7 +91,7 @@ class RedactingFilter(logging.Filter):
             message = record.getMessage()
         except Exception:  # a bad format string: log what we have rather than fail the caller
             message = f"{record.msg!s} {record.args!r}"
-        record.msg, record.args = redact(message), None
+        record.msg, record.args = one_line(redact(message)), None
         if record.exc_info and record.exc_info[0] is not None:
             record.exc_text = redact(self._formatter.formatException(record.exc_info))
         elif record.exc_text:

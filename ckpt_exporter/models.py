@@ -19,6 +19,7 @@ from dataclasses import dataclass as plain_dataclass
 from typing import Annotated, Any
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -36,7 +37,27 @@ from ckpt_exporter.fields import Numbers, Skipped
 
 # Strictness is per field (Strict* types): a strict config would refuse dicts for dataclasses.
 KEPT = ConfigDict(extra="ignore", allow_inf_nan=False)
-NonEmpty = Annotated[StrictStr, Field(min_length=1)]
+
+
+def _encodable(text: str) -> str:
+    """A string that UTF-8 can carry: JSON's escapes can make a lone surrogate, which it cannot."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("the string holds a lone surrogate (not valid Unicode)") from None
+    return text
+
+
+# An integer the exposition can write: beyond +-2**53 a float (every sample's type) loses digits,
+# and beyond about 1.8e308 it cannot hold it at all. No step, count or timestamp comes near.
+MAX_INTEGER = 2**53
+# Every string the exporter keeps or exports (ids, statuses, models, suffixes, levels) is bounded: the
+# longest real ones are about 100 characters (a fine-tuned model name), metadata values 512.
+MAX_STRING_LENGTH = 512
+AnyText = Annotated[StrictStr, AfterValidator(_encodable)]  # not kept: an event's message
+Text = Annotated[StrictStr, Field(max_length=MAX_STRING_LENGTH), AfterValidator(_encodable)]
+NonEmpty = Annotated[Text, Field(min_length=1)]
+Integer = Annotated[StrictInt, Field(ge=-MAX_INTEGER, le=MAX_INTEGER)]
 
 # The checkpoint metric fields, in the order they are exported.
 METRIC_FIELDS = (
@@ -98,10 +119,10 @@ _KNOWN_METRICS = frozenset(METRIC_FIELDS)
 @dataclass(config=KEPT, frozen=True, slots=True)
 class Checkpoint:
     id: NonEmpty
-    created_at: StrictInt
-    fine_tuning_job_id: StrictStr
-    step_number: StrictInt
-    fine_tuned_model_checkpoint: StrictStr | None = None
+    created_at: Integer
+    fine_tuning_job_id: Text
+    step_number: Integer
+    fine_tuned_model_checkpoint: Text | None = None
     metrics: CheckpointMetrics = CheckpointMetrics()
 
     @property
@@ -142,14 +163,14 @@ class FineTuningJob:
 
     id: NonEmpty
     status: NonEmpty
-    created_at: StrictInt
-    model: StrictStr | None = None
-    fine_tuned_model: StrictStr | None = None
-    finished_at: StrictInt | None = None
-    trained_tokens: StrictInt | None = None
-    estimated_finish: StrictInt | None = None
-    user_provided_suffix: StrictStr | None = None
-    metadata: dict[StrictStr, StrictStr] | None = None
+    created_at: Integer
+    model: Text | None = None
+    fine_tuned_model: Text | None = None
+    finished_at: Integer | None = None
+    trained_tokens: Integer | None = None
+    estimated_finish: Integer | None = None
+    user_provided_suffix: Text | None = None
+    metadata: dict[Text, Text] | None = None
     # From `method` (read leniently: its shape varies by method and changes): see _method().
     method: StrictStr = "supervised"
     hyperparameters: Numbers = ()
@@ -204,8 +225,8 @@ class MetricsEventData(CheckpointMetrics):
     """The data of a `metrics` event: a checkpoint's metric fields, an integer step, total_steps,
     and reinforcement fine-tuning's nested parts (see fields.py)."""
 
-    step: StrictInt | None = None
-    total_steps: StrictInt | None = None
+    step: Integer | None = None
+    total_steps: Integer | None = None
     grader_rewards: tuple[tuple[str, str, float], ...] = ()  # (grader, split, mean reward)
     grader_errors: tuple[tuple[str, str, str, float], ...] = ()  # (grader, split, error, rate)
     phases: Numbers = ()  # (phase, seconds) of the step
@@ -240,11 +261,11 @@ class JobEvent(BaseModel):
 
     model_config = ConfigDict(strict=True, frozen=True, extra="ignore")
 
-    id: str
-    created_at: int
-    level: str
-    message: str = ""
-    type: str | None = None
+    id: Text
+    created_at: Integer
+    level: Text
+    message: AnyText = ""
+    type: Text | None = None
     data: dict[str, Any] | None = None
 
 
@@ -253,16 +274,23 @@ class ApiError(Exception):
 
     `reason` is one of a small fixed set, fit for a metric label. `retry_after` is the wait, in
     seconds from when the error was raised, that the API asked for (Retry-After, retry-after-ms):
-    no request for the same job should go out before it has passed.
+    no request for the same job should go out before it has passed. `held`: the request was not
+    sent, because an earlier answer asked to wait longer than is waited in place.
     """
 
     def __init__(
-        self, reason: str, message: str, status: int | None = None, retry_after: float | None = None
+        self,
+        reason: str,
+        message: str,
+        status: int | None = None,
+        retry_after: float | None = None,
+        held: bool = False,
     ) -> None:
         super().__init__(message)
         self.reason = reason
         self.status = status
         self.retry_after = retry_after
+        self.held = held
 
 
 class SignInFailed(ApiError):
@@ -281,6 +309,11 @@ class Rejected:
 
     reason: str
     detail: str
+
+
+def invalid_reason(error: ValidationError, reason: str) -> str:
+    """`reason`, or string_too_long when a string over MAX_STRING_LENGTH is what made the item invalid."""
+    return "string_too_long" if any(e["type"] == "string_too_long" for e in error.errors()) else reason
 
 
 def describe(error: ValidationError) -> str:

@@ -12,10 +12,10 @@ import itertools
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
-from ckpt_exporter.models import ApiError, ListPage, Rejected
+from ckpt_exporter.models import MAX_STRING_LENGTH, ApiError, ListPage, Rejected
 
 FetchPage = Callable[[str | None, int], Awaitable[ListPage]]  # (after, limit) -> page
-MAX_PAGES = 10_000  # a safety net far above any real job (OpenAI keeps the last 3 epochs)
+MAX_PAGES = 1000  # pages per walk unless the caller bounds it otherwise
 T = TypeVar("T")
 
 
@@ -48,8 +48,9 @@ class PageWalker(Generic[T]):
     """Walks a list page by page (`after` = last id of the previous page), parsing each item.
 
     Items that `parse` rejects are reported in `rejected`, the rest of the page is kept. A cursor
-    seen twice, or a page that claims more but gives no cursor, is a pagination loop (ApiError).
-    `max_pages` bounds the walk; past it the walk is a pagination loop too.
+    seen twice in the walk (a cycle of any length), or a page that claims more but gives no cursor,
+    is a pagination loop (ApiError). `max_pages` bounds the walk: there it ends, as if the list did,
+    with a too_many_pages in `rejected` (`truncated`), so that what it read is used.
     """
 
     def __init__(
@@ -69,6 +70,7 @@ class PageWalker(Generic[T]):
         self._done = False
         self.requests = 0
         self.rejected: list[Rejected] = []
+        self.truncated = False
 
     async def next_page(self) -> list[T] | None:
         """The next page's valid items; None once the list has ended."""
@@ -89,12 +91,25 @@ class PageWalker(Generic[T]):
         # The cursor is the last id on the page (an unusable item may still carry one).
         ids = [raw.get("id") for raw in page.data if isinstance(raw, dict)]
         cursor = next((i for i in reversed(ids) if isinstance(i, str) and i), None)
-        if not isinstance(cursor, str) or cursor in self._cursors or self.requests >= self._max_pages:
+        if not isinstance(cursor, str) or cursor in self._cursors:
             raise ApiError("pagination_loop", "the list claims more pages but gives no new cursor")
+        if len(cursor) > MAX_STRING_LENGTH:  # the walk keeps every cursor it used
+            raise ApiError(
+                "string_too_long",
+                f"the next cursor (the page's last id) is over {MAX_STRING_LENGTH} characters",
+            )
+        if self.requests >= self._max_pages:
+            self.truncated = self._done = True
+            self.rejected.append(
+                Rejected("too_many_pages", f"it goes on past {self._max_pages} pages; read up to there")
+            )
+            return valid
         self._cursors.add(cursor)
         self._after = cursor
         return valid
 
-    def stop(self) -> None:
-        """End the walk here: the caller has read as far as it needs."""
+    def stop(self, truncated: bool = False) -> None:
+        """End the walk here: the caller has read as far as it needs (or, `truncated`, as far as it
+        may: a bound of its own)."""
         self._done = True
+        self.truncated = self.truncated or truncated

@@ -1,27 +1,21 @@
 """The poller: on every tick, brings each watched job up to date and publishes its snapshot.
 
-What a tick costs, per account:
-- the status refresh: the jobs listing (one request covers up to 100 jobs, newest first), walked
-  only as far as the jobs whose status we need; a job it does not reach is read on its own;
-- one checkpoints request per running job (the diff layer keeps it at one);
-- nothing for a job that is queued or paused, nor for a finished job after its final full read;
-- discovery, at its own interval: the listing filtered by the discovery settings.
-
-Every job is polled by a task of its own, started without waiting for the status refresh (which
-runs beside them), so a job that is slow or failing never delays another, and a job whose status
-turned terminal gets its final read as soon as the refresh sees it, or at the next tick. At most
-`max_active_polls` of those tasks exist at once (turns.py).
+A tick costs, per account, the status refresh (the jobs listing, walked only as far as the jobs
+whose status it needs; a job it does not reach is read on its own), one checkpoints request per
+running job, nothing for a queued, paused or finished job (after its final full read), and, at its
+own interval, discovery. Every job is polled by a task of its own (at most `max_active_polls` at
+once: turns.py), so a slow or failing job never delays another.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import Any
-
-from pydantic import ValidationError
 
 from ckpt_exporter.account_auth import AUTH_STATUSES, AccountAuth
 from ckpt_exporter.api import ApiClient
@@ -31,14 +25,12 @@ from ckpt_exporter.exposition import ExpositionCache
 from ckpt_exporter.hints import NotFoundHint
 from ckpt_exporter.jobstate import JobState
 from ckpt_exporter.listing import Discovery, Listing, Shard
-from ckpt_exporter.models import TERMINAL_STATUSES, ApiError, FineTuningJob, ListPage, parse_job
+from ckpt_exporter.models import TERMINAL_STATUSES, ApiError, FineTuningJob, ListPage
 from ckpt_exporter.selfmetrics import SelfMetrics
 from ckpt_exporter.snapshot import JobSnapshot
 from ckpt_exporter.turns import Turns
 
 log = logging.getLogger(__name__)
-
-__all__ = ["Discovery", "Poller", "Shard"]
 
 
 class Poller:
@@ -62,9 +54,10 @@ class Poller:
         self._client = client
         self._exposition = exposition
         self._metrics = metrics
-        self._account = account
-        self._page_size = page_size
-        self._full_read_every = full_read_every
+        # A new job's record: this account's, read by pages of `page_size`.
+        self._new_job = functools.partial(
+            JobState.new, account=account, page_size=page_size, full_read_every=full_read_every
+        )
         self._poll_interval = poll_interval
         self._discovery = discovery
         self._shard = shard or Shard()
@@ -75,7 +68,7 @@ class Poller:
         self._status_task: asyncio.Task[None] | None = None
         self._discovery_task: asyncio.Task[None] | None = None
         self._next_discovery = 0.0
-        self._discovered_once = discovery is None
+        self._discovery_attempted = discovery is None
         self.auth = AccountAuth(account, keyless)
         self._not_found_hint = NotFoundHint(account, base_url)
         self._listing = Listing(client, account)
@@ -95,14 +88,7 @@ class Poller:
                 self._track(job_id, configured=True)
 
     def _track(self, job_id: str, *, configured: bool, document: FineTuningJob | None = None) -> None:
-        job = JobState.new(
-            job_id,
-            configured=configured,
-            account=self._account,
-            page_size=self._page_size,
-            full_read_every=self._full_read_every,
-            document=document,
-        )
+        job = self._new_job(job_id, configured=configured, document=document)
         self._jobs[job_id] = job
         self._exposition.update(job.snapshot)
         self._metrics.jobs.set(len(self._jobs))
@@ -123,8 +109,9 @@ class Poller:
         return [job.job_id for job in self._jobs.values() if job.configured]
 
     def ready(self) -> bool:
-        """True once discovery (if on) has run and every watched job has been polled once."""
-        return self._discovered_once and all(job.snapshot.polled for job in self._jobs.values())
+        """True once discovery (if on) and a poll of every watched job have been attempted,
+        whatever the answers (docs/operations.md: what job_up and readiness mean)."""
+        return self._discovery_attempted and all(job.snapshot.polled for job in self._jobs.values())
 
     # -- ticks -------------------------------------------------------------------------------
 
@@ -178,28 +165,56 @@ class Poller:
         now = self._clock()
         due = []
         for job in self._jobs.values():
-            if self.turns.busy(job.job_id) or self._held(job, now) or (only and not only(job)):
+            if only and not only(job):
+                continue
+            if self.turns.busy(job.job_id) or now < job.not_before:
+                if self.turns.busy(job.job_id) and self._waits_for_api(job):  # its poll waits it out
+                    self._mark_held(job)
                 continue
             if not job.needs_checkpoints():
                 if not job.snapshot.polled:
                     self._publish(job, job.idle_snapshot())
                 continue
+            if self._client.gate.held_for(job.job_id):  # sent now, it would fail unsent
+                self._mark_held(job)
+                continue
             due.append(job)
         return self.turns.queue(due)
 
-    def _held(self, job: JobState, now: float) -> bool:
-        """Not to be polled now: backing off a 404, or held by the gate after a Retry-After."""
-        return now < job.not_before or bool(self._client.gate.held_for(job.job_id))
+    def _waits_for_api(self, job: JobState) -> bool:
+        """The API asked to wait: a Retry-After hold, or a rate-limit pause of a poll interval or
+        more (a shorter one delays a poll within its cycle, and the job is not shown as held)."""
+        gate = self._client.gate
+        return bool(gate.held_for(job.job_id)) or gate.paused_for() >= self._poll_interval
+
+    def _mark_held(self, job: JobState) -> None:
+        if not job.snapshot.held:
+            self._publish(job, job.held_snapshot())
 
     def _publish(self, job: JobState, snapshot: JobSnapshot) -> None:
-        job.snapshot = snapshot
-        if self._jobs.get(job.job_id) is job:  # not removed meanwhile
+        """Export the job's new snapshot; one that cannot be rendered leaves the last one exported,
+        marked down, with the fault counted (unexpected_error) and logged once."""
+        if self._jobs.get(job.job_id) is not job:  # removed meanwhile
+            job.snapshot = snapshot
+            return
+        try:
             self._exposition.update(snapshot)
             self._not_found_hint.note(job.job_id, job.not_found > 0, len(self._jobs))
+        except Exception as exc:  # a value the exposition cannot write: a fault of ours
+            snapshot = job.unexpected(exc, "exposition")
+            self._exposition.update(snapshot)  # the last snapshot, rendered before, and poll state
+        job.snapshot = snapshot
 
     # -- one poll ----------------------------------------------------------------------------
 
     async def _poll_job(self, job: JobState) -> None:
+        """One poll; whatever goes wrong in it ends as a counted reason on the job, never a crash."""
+        try:
+            await self._poll(job)
+        except Exception as exc:
+            self._publish(job, job.unexpected(exc, "poll"))
+
+    async def _poll(self, job: JobState) -> None:
         final = job.status in TERMINAL_STATUSES
         if final:
             job.diff.force_full_read()
@@ -216,10 +231,15 @@ class Poller:
         if job.needs_events():
             reads.append(job.events.refresh(events))
         outcomes = await asyncio.gather(*reads, return_exceptions=True)
+        failures, faulted = [], False
         for outcome in outcomes:
-            if isinstance(outcome, BaseException) and not isinstance(outcome, ApiError):
+            if isinstance(outcome, ApiError):
+                failures.append(outcome)
+            elif isinstance(outcome, Exception):  # a fault of ours: counted, logged once, job down
+                job.unexpected(outcome, "read")
+                faulted = True
+            elif isinstance(outcome, BaseException):  # cancelled
                 raise outcome
-        failures = [outcome for outcome in outcomes if isinstance(outcome, ApiError)]
         read = outcomes[0] if isinstance(outcomes[0], DiffResult) else None
         if read is not None:
             if read.full_read:
@@ -230,8 +250,9 @@ class Poller:
                 self.auth.accepted(epoch)
         self.auth.note(failures, epoch)
         events_read = outcomes[1] if len(outcomes) > 1 and isinstance(outcomes[1], EventsResult) else None
-        self._publish(job, job.poll_outcome(read, events_read, failures, self._clock(), self._poll_interval))
-        if final and not failures:
+        snapshot = job.poll_outcome(read, events_read, failures, self._clock(), self._poll_interval)
+        self._publish(job, replace(snapshot, up=False) if faulted else snapshot)
+        if final and not failures and not faulted:
             job.final_read_done = True
             log.info(
                 "job %s is %s: final read done (%d checkpoints); no more requests for it",
@@ -243,7 +264,7 @@ class Poller:
     # -- job status --------------------------------------------------------------------------
 
     def _apply_status(self, job: JobState, document: FineTuningJob) -> None:
-        snapshot = job.status_read(document)
+        snapshot = job.status_read(document, self._clock())
         if snapshot != job.snapshot:
             self._publish(job, snapshot)
 
@@ -251,14 +272,13 @@ class Poller:
         """Read the status of every job that is not finished yet, as cheaply as possible."""
         pending = {job.job_id: job for job in self._jobs.values() if job.status not in TERMINAL_STATUSES}
         if len(pending) > 1:
-            known = [job.snapshot.job.created_at for job in pending.values() if job.snapshot.job]
-            oldest = min(known) if len(known) == len(pending) else None
-            wanted = set(pending)
+            wanted = {job_id: job.snapshot.job for job_id, job in pending.items()}
             epoch = self.auth.epoch
             try:
-                await self._listing.statuses(wanted, oldest, lambda d: self._apply_status(pending[d.id], d))
+                await self._listing.statuses(wanted, lambda d: self._apply_status(pending[d.id], d))
             except ApiError as exc:
-                self._listing_failed(exc, epoch)
+                self.auth.note([exc], epoch)
+                self._listing.failed(exc)
             pending = {job_id: pending[job_id] for job_id in wanted}
         if pending:
             await asyncio.gather(*(self._status_of(job) for job in pending.values()))
@@ -276,25 +296,22 @@ class Poller:
         await asyncio.gather(*self.dispatch(only=finishing), return_exceptions=True)
 
     async def _status_of(self, job: JobState) -> None:
-        if self._held(job, self._clock()):
+        if self._clock() < job.not_before:
+            return
+        if self._client.gate.held_for(job.job_id):
+            if not job.needs_checkpoints():  # the status is all it needs, and cannot be read now
+                self._mark_held(job)
             return
         epoch = self.auth.epoch
         try:
             raw = await self._client.get_job(job.job_id)
-            document = parse_job(raw)
         except ApiError as exc:
             self.auth.note([exc], epoch)
             self._publish(job, job.failed(job.snapshot, exc, self._clock(), self._poll_interval))
             return
-        except ValidationError:
-            job.count("invalid_job")
-            log.warning("job %s: the job document is invalid; status unknown", job.job_id)
-            return
-        self._apply_status(job, document)
-
-    def _listing_failed(self, exc: ApiError, epoch: int) -> None:
-        self.auth.note([exc], epoch)
-        self._listing.failed(exc)
+        snapshot = job.status_document(raw, self._clock())
+        if snapshot != job.snapshot:
+            self._publish(job, snapshot)
 
     # -- discovery ---------------------------------------------------------------------------
 
@@ -307,22 +324,24 @@ class Poller:
         def seen(document: FineTuningJob) -> None:
             self._apply_status(self._jobs[document.id], document)
 
-        try:
-            found = await self._listing.discover(discovery, self._shard, now, self._jobs, seen)
-        except ApiError as exc:
-            self._listing_failed(exc, epoch)
-            self._next_discovery = now + min(discovery.interval, self._poll_interval)
-            return
-        for job in list(self._jobs.values()):
-            if not job.configured and job.job_id not in found:
-                self._untrack(job.job_id, "no longer matches the discovery filters")
+        discovered = await self._listing.discover(discovery, self._shard, now, self._jobs, seen)
+        found = discovered.found
+        if discovered.stopped is None:
+            for job in list(self._jobs.values()):
+                if not job.configured and job.job_id not in found:
+                    self._untrack(job.job_id, "no longer matches the discovery filters")
         new = [job_id for job_id in found if job_id not in self._jobs]
         for job_id in new:
             self._track(job_id, configured=False, document=found[job_id])
         if new:
             log.info("discovery: %d new job(s) to watch, %d in all", len(new), len(self._jobs))
-        self._discovered_once = True
-        self._next_discovery = now + discovery.interval
+        if discovered.stopped is not None:  # the jobs found before it are watched; again soon
+            self.auth.note([discovered.stopped], epoch)
+            self._listing.failed(discovered.stopped)
+            self._next_discovery = now + min(discovery.interval, self._poll_interval)
+        else:
+            self._next_discovery = now + discovery.interval
+        self._discovery_attempted = True  # ready whatever the answer: the configured jobs are polled
         fresh = set(new)
         await asyncio.gather(*self.dispatch(only=lambda job: job.job_id in fresh), return_exceptions=True)
 

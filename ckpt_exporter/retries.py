@@ -106,8 +106,8 @@ def should_retry(exc: BaseException) -> bool:
 class RetryPolicy:
     """Up to `max_retries` more attempts; waits by the API's ask (see `held_for`) or the backoff.
 
-    `held_for()` gives the time left on the hold the gate noted for the request's job, which is the
-    one clock a Retry-After is waited by.
+    `held_for()` gives the time left on the gate's hold for the request (noted when the answer
+    came), which is the one clock a Retry-After is waited by.
     """
 
     def __init__(

@@ -1,7 +1,8 @@
 """The HTTP side of the API client: the client factory, the key and its auth, one GET, its body.
 
-The GET is built by hand (see `build_request`) and its body read within a byte cap; whatever the
-transport library raises comes out as an httpx.TransportError or a TooLarge.
+The GET is built by hand (see `build_request`) and its body read within a byte cap, decoded by
+ckpt_exporter.bodies as it arrives; whatever the transport library raises comes out as an
+httpx.TransportError, a TooLarge or a BadEncoding.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from urllib.parse import quote, urlencode
 
 import httpx
 
+from ckpt_exporter.bodies import ACCEPT_ENCODING, BadEncoding, BoundedBody, TooLarge
 from ckpt_exporter.filestamp import FileStamp, file_stamp
 from ckpt_exporter.logging_setup import register_secret
 
@@ -35,23 +37,37 @@ class KeySource:
         self._key = key
         self._file = key_file
         self._stamp: FileStamp | None = None
+        self._problem: str | None = None  # what is wrong with the file, logged once
         register_secret(key)
 
     def get(self) -> str | None:
         if self._file is None:
             return self._key
         stamp = file_stamp(self._file)
-        if stamp is None or stamp == self._stamp:
-            return self._key  # unchanged, or being swapped (keep the last key we read)
+        if stamp == self._stamp:
+            return self._key
+        if stamp is None:  # removed, or a Secret being swapped: keep the last key we read
+            self._stamp = None
+            return self._keep("cannot be read (missing or unreadable)")
         try:
             key = self._file.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError):
-            return self._key
-        register_secret(key)
-        if key and self._key is not None and key != self._key:
-            log.info("the API key file %s changed: using the new key", self._file)
-        self._key = key or self._key
+        except (OSError, UnicodeDecodeError) as exc:
+            return self._keep(f"cannot be read ({type(exc).__name__})")
         self._stamp = stamp
+        if not key:
+            return self._keep("is empty")
+        register_secret(key)
+        if self._key is not None and key != self._key:
+            log.info("the API key file %s changed: using the new key", self._file)
+        elif self._problem is not None:
+            log.info("the API key file %s is readable again: using its key", self._file)
+        self._key, self._problem = key, None
+        return self._key
+
+    def _keep(self, problem: str) -> str | None:
+        if problem != self._problem:
+            self._problem = problem
+            log.warning("the API key file %s %s: still using the key read before", self._file, problem)
         return self._key
 
 
@@ -64,6 +80,10 @@ class ApiKeyAuth(httpx.Auth):
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         key = self._keys.get()
+        if key and not key.isprintable():
+            # A line break would split the header (and transports log the refused value): refused
+            # here, so that the key never reaches a header; the request fails as invalid_request.
+            raise ValueError("the API key holds a control character")
         if key:
             request.headers[self._header] = f"Bearer {key}" if self._header == "Authorization" else key
         yield request
@@ -91,7 +111,8 @@ def make_http_client(
     return httpx.AsyncClient(
         base_url=base_url.rstrip("/") + "/",
         auth=auth,
-        headers=headers,
+        # What bodies.BoundedBody decodes, whatever optional decoders httpx finds installed.
+        headers={"Accept-Encoding": ACCEPT_ENCODING, **headers},
         params=params,
         timeout=httpx.Timeout(timeout),
         transport=async_transport,
@@ -111,10 +132,12 @@ class Reply:
         return self.response.status_code
 
 
-class TooLarge(Exception):
-    def __init__(self, status: int, size: int, cap: int) -> None:
-        super().__init__(f"the response is larger than {cap} bytes (at least {size})")
-        self.status = status
+class Unsendable(Exception):
+    """A request that cannot be put on the wire: a URL too long or invalid, a control character in
+    a header (the API key). Its message is the exception's type only: a header may be a secret."""
+
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(type(cause).__name__)
 
 
 class Transport:
@@ -145,11 +168,16 @@ class Transport:
         return request
 
     async def get(self, path: str, params: dict[str, Any]) -> Reply:
-        """One attempt; TooLarge past the cap, httpx.TransportError for any transport failure."""
+        """One attempt; TooLarge past the cap, Unsendable for a request that cannot go out,
+        httpx.TransportError for any transport failure."""
         try:
             return await self._fetch(path, params)
-        except (httpx.TransportError, TooLarge, TimeoutError):  # the caller maps a timeout
+        except httpx.LocalProtocolError as exc:  # httpx's own transport refusing a header
+            raise Unsendable(exc) from None
+        except (httpx.TransportError, TooLarge, BadEncoding, TimeoutError):  # the caller maps a timeout
             raise
+        except (httpx.InvalidURL, ValueError) as exc:  # aiohttp refuses a header with a ValueError
+            raise Unsendable(exc) from None
         except Exception as exc:
             # A transport library's own error that slipped through its mapping (httpx-aiohttp
             # re-raises what it does not know): a failed attempt like any other.
@@ -165,14 +193,15 @@ class Transport:
             declared = response.headers.get("content-length")
             if declared is not None and declared.isdigit() and int(declared) > cap:
                 raise TooLarge(response.status_code, int(declared), cap)
-            chunks: list[bytes] = []
-            size = 0
-            async for chunk in response.aiter_bytes():
-                size += len(chunk)
-                if size > cap:
-                    raise TooLarge(response.status_code, size, cap)
-                chunks.append(chunk)
-        return Reply(response, b"".join(chunks))
+            if response.is_stream_consumed:  # built with its content (a test double): httpx read it
+                body = BoundedBody(response.status_code, "", cap)
+                body.feed(response.content)
+                return Reply(response, body.body())
+            # The raw bytes, decoded here within the cap (httpx would inflate a chunk whole first).
+            body = BoundedBody(response.status_code, response.headers.get("content-encoding", ""), cap)
+            async for chunk in response.aiter_raw():
+                body.feed(chunk)
+            return Reply(response, body.body())
 
 
 def is_timeout(exc: httpx.TransportError) -> bool:

@@ -10,12 +10,17 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from ckpt_exporter.fake import FakeApiServer
@@ -211,12 +216,12 @@ def expected_best_checkpoint(job_id: str, checkpoints: list[dict[str, Any]], met
         if method == "reinforcement"
         else [("full_valid_loss", min), ("valid_loss", min)]
     )
-    for field, pick in rules:
-        having = [c for c in checkpoints if type(c["metrics"].get(field)) in (int, float)]
+    for name, pick in rules:
+        having = [c for c in checkpoints if type(c["metrics"].get(name)) in (int, float)]
         if having:
-            value = pick(c["metrics"][field] for c in having)
+            value = pick(c["metrics"][name] for c in having)
             best = min(
-                (c for c in having if c["metrics"][field] == value),
+                (c for c in having if c["metrics"][name] == value),
                 key=lambda c: (c["step_number"], c["created_at"]),
             )
             labels = {"job_id": job_id, "metric": field, "model": best["fine_tuned_model_checkpoint"]}
@@ -370,3 +375,150 @@ def answers(exporter: ExporterProcess) -> bool:
         return exporter.get("/metrics").status_code == 200
     except Exception:
         return False
+
+
+class PrometheusProcess:
+    """A real Prometheus scraping one target every second (stopped by stop(), by its pid)."""
+
+    def __init__(self, binary: str, workdir: Path, target_port: int, job_name: str = "ckpt-exporter") -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = {
+            "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
+            "scrape_configs": [
+                {"job_name": job_name, "static_configs": [{"targets": [f"127.0.0.1:{target_port}"]}]}
+            ],
+        }
+        config_file = workdir / "prometheus.yml"
+        config_file.write_text(yaml.safe_dump(config), encoding="utf-8")
+        self.log = workdir / "prometheus.log"
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [
+                    binary,
+                    f"--config.file={config_file}",
+                    f"--storage.tsdb.path={workdir / 'prometheus-data'}",
+                    f"--web.listen-address=127.0.0.1:{self.port}",
+                    "--log.level=warn",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
+    def ready(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"prometheus exited:\n{self.log.read_text(errors='replace')[-4000:]}")
+        try:
+            return httpx.get(self.url + "/-/ready", timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def vector(self, expr: str) -> dict[frozenset[tuple[str, str]], float]:
+        """{labels: value} of an instant query."""
+        body = httpx.get(self.url + "/api/v1/query", params={"query": expr}, timeout=10).json()
+        assert body["status"] == "success" and body["data"]["resultType"] == "vector", (expr, body)
+        return {frozenset(item["metric"].items()): float(item["value"][1]) for item in body["data"]["result"]}
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+
+
+# -- a hostile API: raw answers of the test's own ----------------------------------------------
+# A real HTTP server on loopback that answers each path with whatever bytes, status and headers a
+# test sets, including what no real API would send (integers beyond float range, lone surrogates,
+# redirects, another job's document). Unlike the package's fake API, nothing here is valid by
+# construction: a test writes the raw JSON text itself.
+
+
+@dataclass
+class Answer:
+    status: int = 200
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def raw_page(*items: str, has_more: bool = False) -> Answer:
+    """A list page whose items are raw JSON texts."""
+    text = '{"object": "list", "data": [' + ", ".join(items) + "], " + f'"has_more": {json.dumps(has_more)}}}'
+    return Answer(body=text.encode())
+
+
+def raw_document(raw: str, status: int = 200, **headers: str) -> Answer:
+    return Answer(status, raw.encode(), headers)
+
+
+def raw_job(job_id: str, status: str = "running", **fields: Any) -> str:
+    return json.dumps(
+        {"id": job_id, "object": "fine_tuning.job", "status": status, "created_at": 1, **fields}
+    )
+
+
+def raw_checkpoint(job_id: str, step: int, checkpoint_id: str | None = None, created_at: int = 2) -> str:
+    return json.dumps(
+        {
+            "id": checkpoint_id or f"ftckpt-{job_id}-{step}",
+            "object": "fine_tuning.job.checkpoint",
+            "created_at": created_at,
+            "fine_tuning_job_id": job_id,
+            "step_number": step,
+            "fine_tuned_model_checkpoint": f"ft:m:{job_id}:ckpt-step-{step}",
+            "metrics": {"step": float(step), "train_loss": 0.5},
+        }
+    )
+
+
+class HostileApi:
+    """Answers GET /v1/<path> from `routes` (path without /v1/ and query: Answer); 404 otherwise.
+
+    `requests` counts the requests per path, as they arrive.
+    """
+
+    def __init__(self) -> None:
+        self.routes: dict[str, Answer] = {}
+        self.requests: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                path = urlsplit(self.path).path.removeprefix("/v1/")
+                with api._lock:
+                    api.requests[path] += 1
+                    answer = api.routes.get(path, Answer(404, b'{"error": {"message": "no such path"}}'))
+                self.send_response(answer.status)
+                for name, value in {"Content-Type": "application/json", **answer.headers}.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(answer.body)))
+                self.end_headers()
+                self.wfile.write(answer.body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.base_url = f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+        self._thread = threading.Thread(target=self._server.serve_forever, name="hostile-api", daemon=True)
+
+    def count(self, path: str) -> int:
+        with self._lock:
+            return self.requests[path]
+
+    def total(self) -> int:
+        with self._lock:
+            return sum(self.requests.values())
+
+    def __enter__(self) -> HostileApi:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)

@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from ckpt_exporter.api import ApiClient
-from ckpt_exporter.gate import RequestGate, rate_budget
+from ckpt_exporter.gate import MAX_HOLD, RequestGate, rate_budget
 from ckpt_exporter.logging_setup import redact
 from ckpt_exporter.models import ApiError
 from ckpt_exporter.retries import MAX_RETRY_AFTER, backoff_seconds, parse_duration, retry_after_seconds
@@ -253,8 +253,8 @@ async def test_retries_spent_carry_the_last_retry_after() -> None:
     assert (caught.value.retry_after, len(api.requests)) == (0.7, 1)
 
 
-async def test_a_retry_after_holds_every_request_about_that_job_and_only_that_job() -> None:
-    api, fake_time = Api(status(429, {"Retry-After": "2"}), ok()), FakeTime()
+async def test_a_retry_after_on_a_503_holds_every_request_about_that_job_and_only_that_job() -> None:
+    api, fake_time = Api(status(503, {"Retry-After": "2"}), ok()), FakeTime()
     client, _ = make_client(api, fake_time, max_retries=0)
     with pytest.raises(ApiError):
         await client.list_checkpoints("ftjob-a", after=None, limit=20)
@@ -279,6 +279,51 @@ async def test_a_hold_beyond_the_cap_fails_the_job_s_requests_without_sending_th
     fake_time.now += 150
     await client.list_events("ftjob-a", after=None, limit=100)
     assert (len(api.requests), fake_time.sleeps) == (2, [])
+
+
+async def test_a_429_holds_every_request_of_the_account_for_the_time_it_asks_and_logs_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    api, fake_time = Api(status(429, {"Retry-After": "30"}), ok()), FakeTime()
+    client, _ = make_client(api, fake_time, max_retries=0)
+    with caplog.at_level(logging.WARNING, logger="ckpt_exporter.api"):
+        with pytest.raises(ApiError):
+            await client.list_checkpoints("ftjob-a", after=None, limit=20)
+        await client.list_events("ftjob-b", after=None, limit=100)  # another job: held too
+        assert fake_time.sleeps == [30.0]
+        await client.list_jobs(after=None, limit=100)  # the hold is over
+    assert (fake_time.sleeps, len(api.requests)) == ([30.0], 3)
+    assert [r.getMessage() for r in caplog.records] == [
+        "account default: HTTP 429 asked to wait 30s: holding every request of the account for 30s"
+    ]
+
+
+@pytest.mark.parametrize("asked", ["1e9", "Fri, 31 Dec 9999 23:59:59 GMT"])
+async def test_a_retry_after_of_years_holds_the_account_for_the_cap_only(asked: str) -> None:
+    api, fake_time = Api(status(429, {"Retry-After": asked}), ok()), FakeTime()
+    client, _ = make_client(api, fake_time)
+    with pytest.raises(ApiError):
+        await client.list_checkpoints("ftjob-a", after=None, limit=20)
+    assert client.gate.held_for("ftjob-b") == MAX_HOLD
+    with pytest.raises(ApiError) as caught:  # beyond what is waited in place: fails unsent
+        await client.list_events("ftjob-b", after=None, limit=100)
+    assert (caught.value.reason, caught.value.retry_after, len(api.requests)) == ("http_429", MAX_HOLD, 1)
+    fake_time.now += MAX_HOLD
+    await client.list_events("ftjob-b", after=None, limit=100)
+    assert (len(api.requests), fake_time.sleeps) == (2, [])
+
+
+async def test_a_request_queued_for_the_budget_when_a_429_arrives_waits_for_its_hold() -> None:
+    api, fake_time = Api(status(429, {"Retry-After": "7"}), ok()), FakeTime()
+    # 10 a second: the second request waits ~100 ms (real time) for the budget, and by then the
+    # first one's answer has begun the account's hold (on the fake clock).
+    client, _ = make_client(api, fake_time, max_requests_per_second=10, max_retries=0)
+    first, second = await asyncio.gather(
+        list_page(client), client.list_events("ftjob-b", after=None, limit=100), return_exceptions=True
+    )
+    assert isinstance(first, ApiError) and first.reason == "http_429"
+    assert not isinstance(second, BaseException)
+    assert (fake_time.sleeps, len(api.requests)) == ([7.0], 2)
 
 
 # -- the request budget and the rate-limit headers ------------------------------------------

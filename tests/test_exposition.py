@@ -73,6 +73,8 @@ def test_samples_are_exact_and_absent_fields_have_none() -> None:
         ): 88.0,
         ("ckpt_exporter_job_up", frozenset({("job_id", "ftjob-a")})): 1.0,
         ("ckpt_exporter_job_up", frozenset({("job_id", "ftjob-b")})): 0.0,
+        ("ckpt_exporter_job_held", frozenset({("job_id", "ftjob-a")})): 0.0,
+        ("ckpt_exporter_job_held", frozenset({("job_id", "ftjob-b")})): 0.0,
         (
             "ckpt_exporter_job_last_success_timestamp_seconds",
             frozenset({("job_id", "ftjob-a")}),

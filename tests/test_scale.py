@@ -16,7 +16,8 @@ import pytest
 from ckpt_exporter.api import ApiClient
 from ckpt_exporter.exposition import ExpositionCache
 from ckpt_exporter.fake import FakeApi, FakeApiServer
-from ckpt_exporter.poller import Discovery, Poller, Shard
+from ckpt_exporter.listing import Discovery, Shard
+from ckpt_exporter.poller import Poller
 from ckpt_exporter.selfmetrics import SelfMetrics
 from ckpt_exporter.transport import ApiKeyAuth, KeySource, make_http_client
 from tests.helpers import API_KEY, Samples, parse_samples

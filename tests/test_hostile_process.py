@@ -1,0 +1,214 @@
+"""Hostile answers against the real exporter process: what they do to job_up, readiness and the
+rest of the data (issue 12, points 4, 5, 6 and 8).
+
+The API is tests/helpers.HostileApi: every answer is raw JSON text written here, valid or not.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.helpers import (
+    API_KEY,
+    DrainedExporterProcess,
+    HostileApi,
+    parse_samples,
+    raw_checkpoint,
+    raw_document,
+    raw_job,
+    raw_page,
+    wait_for,
+)
+
+pytestmark = pytest.mark.integration
+
+JOBS = "fine_tuning/jobs"
+
+
+def exporter(api: HostileApi, jobs: list[str], **env: str) -> DrainedExporterProcess:
+    return DrainedExporterProcess(
+        {
+            "CKPT_EXPORTER_API_BASE_URL": api.base_url,
+            "CKPT_EXPORTER_API_KEY": API_KEY,
+            "CKPT_EXPORTER_JOBS": ",".join(jobs),
+            "CKPT_EXPORTER_MAX_RETRIES": "0",
+            **env,
+        }
+    )
+
+
+def by_job(text: str, name: str) -> dict[str, float]:
+    return {dict(labels)["job_id"]: value for (_, labels), value in parse_samples(text, name).items()}
+
+
+def errors(text: str) -> dict[tuple[str, str], float]:
+    return {
+        (dict(labels)["job_id"], dict(labels)["reason"]): value
+        for (_, labels), value in parse_samples(text, "ckpt_exporter_api_errors_total").items()
+    }
+
+
+def test_values_no_float_or_utf8_can_hold_are_counted_and_the_rest_of_the_job_is_exported() -> None:
+    """Point 4: an integer beyond float range, a lone surrogate, a cursor too long for a URL, a
+    poisoned document in the listing."""
+    huge, surrogate = "1" + "0" * 400, '"\\ud800"'
+    with HostileApi() as api:
+        # ftjob-c's entry in the listing has trained_tokens beyond any float: skipped, the rest kept.
+        poisoned = raw_job("ftjob-c").replace('"created_at": 1', f'"trained_tokens": {huge}, "created_at": 1')
+        api.routes[JOBS] = raw_page(raw_job("ftjob-a"), poisoned, raw_job("ftjob-b"))
+        api.routes[f"{JOBS}/ftjob-c"] = raw_document(raw_job("ftjob-c"))
+        api.routes[f"{JOBS}/ftjob-a/checkpoints"] = raw_page(
+            raw_checkpoint("ftjob-a", 10),
+            raw_checkpoint("ftjob-a", 20).replace('"step_number": 20', f'"step_number": {huge}'),
+            raw_checkpoint("ftjob-a", 30).replace('"ftckpt-ftjob-a-30"', surrogate),
+        )
+        # ftjob-b: a first page whose cursor would make the next page's URL too long to send: over
+        # MAX_STRING_LENGTH, it is refused before any URL is built (string_too_long).
+        api.routes[f"{JOBS}/ftjob-b/checkpoints"] = raw_page(
+            raw_checkpoint("ftjob-b", 1, checkpoint_id="c" * 70_000), has_more=True
+        )
+        api.routes[f"{JOBS}/ftjob-c/checkpoints"] = raw_page(raw_checkpoint("ftjob-c", 5))
+        for job_id in ("ftjob-a", "ftjob-b", "ftjob-c"):
+            api.routes[f"{JOBS}/{job_id}/events"] = raw_page()
+        process = exporter(api, ["ftjob-a", "ftjob-b", "ftjob-c"], CKPT_EXPORTER_POLL_INTERVAL_SECONDS="3600")
+        try:
+            process.wait_ready()
+            expected = (
+                {"ftjob-a": 1.0, "ftjob-b": 0.0, "ftjob-c": 1.0},
+                {("ftjob-a", "invalid_checkpoint"): 2.0, ("ftjob-b", "string_too_long"): 1.0},
+                {("ftjob-a", "10"), ("ftjob-c", "5")},
+                {"ftjob-a", "ftjob-b", "ftjob-c"},
+            )
+
+            def state() -> tuple[object, ...]:
+                text = process.metrics()
+                train_loss = parse_samples(text, "openai_fine_tuning_checkpoint_train_loss")
+                return (
+                    by_job(text, "ckpt_exporter_job_up"),
+                    errors(text),
+                    {(dict(labels)["job_id"], dict(labels)["step"]) for (_, labels) in train_loss},
+                    set(by_job(text, "openai_fine_tuning_job_status")),
+                )
+
+            assert wait_for(lambda: state() == expected, 10), state()
+        finally:
+            output = process.stop()
+    assert "Traceback" not in output, output
+    assert "c" * 1000 not in output
+    assert (
+        "jobs listing: ignored an invalid job (trained_tokens: Input should be less than or equal to"
+        in output
+    )
+
+
+def test_a_queued_job_whose_checkpoints_read_failed_is_up_once_its_status_reads_succeed() -> None:
+    """Point 5: job_up is 1 for a queued job whose status reads succeed, whatever came before."""
+    with HostileApi() as api:
+        api.routes[f"{JOBS}/ftjob-q"] = raw_document(raw_job("ftjob-q", status="queued"))
+        api.routes[f"{JOBS}/ftjob-q/checkpoints"] = raw_document('{"error": {"message": "down"}}', status=500)
+        process = exporter(api, ["ftjob-q"], CKPT_EXPORTER_POLL_INTERVAL_SECONDS="0.3")
+        try:
+            process.wait_ready()
+            # The first tick reads the checkpoints before the status says queued: that read fails.
+            assert wait_for(lambda: api.count(f"{JOBS}/ftjob-q") >= 3, 10)
+            text = process.metrics()
+            assert by_job(text, "ckpt_exporter_job_up") == {"ftjob-q": 1.0}
+            assert by_job(text, "ckpt_exporter_job_held") == {"ftjob-q": 0.0}
+            assert errors(text) == {("ftjob-q", "http_500"): 1.0}
+            assert api.count(f"{JOBS}/ftjob-q/checkpoints") == 1  # queued: never read again
+        finally:
+            process.stop()
+
+
+def test_a_429_holds_every_job_of_the_account_shown_as_held_and_nothing_is_sent_meanwhile() -> None:
+    """Points 5 and 8: the account's hold, its cap, its log line; job_held 1 and job_up 0."""
+    with HostileApi() as api:
+        api.routes[JOBS] = raw_page(raw_job("ftjob-a"), raw_job("ftjob-b"))
+        limited = '{"error": {"message": "Rate limit reached for requests"}}'
+        api.routes[f"{JOBS}/ftjob-a/checkpoints"] = raw_document(
+            limited, status=429, **{"Retry-After": "1e9"}
+        )
+        api.routes[f"{JOBS}/ftjob-a/events"] = raw_page()
+        api.routes[f"{JOBS}/ftjob-b/checkpoints"] = raw_page(raw_checkpoint("ftjob-b", 1))
+        api.routes[f"{JOBS}/ftjob-b/events"] = raw_page()
+        process = exporter(api, ["ftjob-a", "ftjob-b"], CKPT_EXPORTER_POLL_INTERVAL_SECONDS="0.3")
+        try:
+            process.wait_ready()
+            held = {"ftjob-a": 1.0, "ftjob-b": 1.0}
+            assert wait_for(lambda: by_job(process.metrics(), "ckpt_exporter_job_held") == held, 10)
+            sent = api.total()
+            time.sleep(2)  # six ticks
+            text = process.metrics()
+            assert by_job(text, "ckpt_exporter_job_up") == {"ftjob-a": 0.0, "ftjob-b": 0.0}
+            assert by_job(text, "ckpt_exporter_job_held") == held
+            assert errors(text) == {("ftjob-a", "http_429"): 1.0}
+            assert api.total() == sent
+        finally:
+            output = process.stop()
+    lines = [line for line in output.splitlines() if "holding every request" in line]
+    assert len(lines) == 1, output
+    assert lines[0].endswith(
+        "account default: HTTP 429 asked to wait 1e+09s: holding every request of the account for 600s"
+    )
+
+
+@pytest.mark.parametrize("listing_status", [403, 500])
+def test_ready_once_the_configured_job_and_discovery_are_attempted_whatever_the_listing_says(
+    listing_status: int,
+) -> None:
+    """Point 6: a listing that answers 403 or 500 does not keep the pod from being Ready."""
+    with HostileApi() as api:
+        api.routes[JOBS] = raw_document('{"error": {"message": "no"}}', status=listing_status)
+        api.routes[f"{JOBS}/ftjob-a"] = raw_document(raw_job("ftjob-a"))
+        api.routes[f"{JOBS}/ftjob-a/checkpoints"] = raw_page(raw_checkpoint("ftjob-a", 1))
+        api.routes[f"{JOBS}/ftjob-a/events"] = raw_page()
+        process = exporter(
+            api, ["ftjob-a"], CKPT_EXPORTER_POLL_INTERVAL_SECONDS="0.5", CKPT_EXPORTER_DISCOVER="true"
+        )
+        try:
+            process.wait_ready()
+            assert api.count(JOBS) >= 1
+            assert by_job(process.metrics(), "ckpt_exporter_job_up") == {"ftjob-a": 1.0}
+        finally:
+            process.stop()
+
+
+def test_a_job_document_that_carries_another_id_is_not_applied() -> None:
+    """Point 7: a single-job document must be about the job asked for."""
+    with HostileApi() as api:
+        api.routes[f"{JOBS}/ftjob-a"] = raw_document(raw_job("ftjob-other", status="succeeded"))
+        api.routes[f"{JOBS}/ftjob-a/checkpoints"] = raw_page(raw_checkpoint("ftjob-a", 1))
+        process = exporter(api, ["ftjob-a"], CKPT_EXPORTER_POLL_INTERVAL_SECONDS="3600")
+        try:
+            process.wait_ready()
+            assert wait_for(lambda: errors(process.metrics()) == {("ftjob-a", "wrong_job"): 1.0}, 10)
+            assert parse_samples(process.metrics(), "openai_fine_tuning_job_status") == {}
+        finally:
+            output = process.stop()
+    assert "job ftjob-a: the API answered with another job's document; ignored" in output
+
+
+def test_a_job_whose_refresh_waits_out_the_account_s_rate_limit_pause_is_shown_held() -> None:
+    """Point 5: during an x-ratelimit pause the job is held, not a healthy 1 for up to an hour."""
+    with HostileApi() as api:
+        api.routes[f"{JOBS}/ftjob-a"] = raw_document(raw_job("ftjob-a"))
+        limits = {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "1h"}
+        api.routes[f"{JOBS}/ftjob-a/checkpoints"] = raw_page(raw_checkpoint("ftjob-a", 1))
+        api.routes[f"{JOBS}/ftjob-a/checkpoints"].headers.update(limits)
+        api.routes[f"{JOBS}/ftjob-a/events"] = raw_page()
+        process = exporter(api, ["ftjob-a"], CKPT_EXPORTER_POLL_INTERVAL_SECONDS="0.3")
+        try:
+            process.wait_ready()
+            state = ({"ftjob-a": 0.0}, {"ftjob-a": 1.0})
+
+            def seen() -> tuple[dict[str, float], dict[str, float]]:
+                text = process.metrics()
+                return by_job(text, "ckpt_exporter_job_up"), by_job(text, "ckpt_exporter_job_held")
+
+            assert wait_for(lambda: seen() == state, 10), seen()
+            assert errors(process.metrics()) == {}
+        finally:
+            output = process.stop()
+    assert "pausing requests for 3.6e+03s" in output
