@@ -63,12 +63,13 @@ def top_level_numbers(raw: Mapping[str, Any], known: Iterable[str]) -> tuple[Num
         if name in known or not isinstance(name, str) or not is_number(value):
             continue  # strings, booleans, objects and nulls are not metrics
         problem = name_problem(name)
-        if problem is None and not math.isfinite(value):
-            problem = f"{name}: not a finite number"
-        if problem is None:
-            numbers.append((name, float(value)))
-        else:
+        number = _finite(value)
+        if problem is not None:
             skipped.append((INVALID, problem))
+        elif number is None:
+            skipped.append((INVALID, f"{name}: not a finite number"))
+        else:
+            numbers.append((name, number))
     return tuple(numbers), tuple(skipped)
 
 
@@ -80,13 +81,29 @@ def _graders(part: object) -> list[tuple[str, Mapping[str, Any]]]:
     out = []
     for grader in graders:
         name = grader.get("name") if isinstance(grader, Mapping) else None
-        if isinstance(name, str) and 0 < len(name) <= MAX_GRADER_NAME_LENGTH:
+        if isinstance(name, str) and 0 < len(name) <= MAX_GRADER_NAME_LENGTH and _encodable(name):
             out.append((name, grader))
     return out
 
 
+def _encodable(text: str) -> bool:
+    """False for a lone surrogate (JSON's "\\ud800"), which no exposition can write as UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _finite(value: object) -> float | None:
-    return float(value) if is_number(value) and math.isfinite(value) else None  # type: ignore[arg-type]
+    """The value as a finite float, or None (an integer too large for a float is not one)."""
+    if not is_number(value):
+        return None
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def grader_rewards(scores: object) -> tuple[tuple[str, str, float], ...]:
@@ -94,13 +111,13 @@ def grader_rewards(scores: object) -> tuple[tuple[str, str, float], ...]:
 
     The top-level spelling (train_mean_reward, valid_mean_reward) is accepted too.
     """
-    out = []
+    out: dict[tuple[str, str], float] = {}  # a grader named twice: its first entry (one series each)
     for name, grader in _graders(scores)[:MAX_GRADERS]:
         for split in SPLITS:
             value = _finite(grader.get(f"{split}_reward_mean", grader.get(f"{split}_mean_reward")))
             if value is not None:
-                out.append((name, split, value))
-    return tuple(out)
+                out.setdefault((name, split), value)
+    return tuple((name, split, value) for (name, split), value in out.items())
 
 
 def grader_errors(errors: object) -> tuple[tuple[str, str, str, float], ...]:
@@ -109,7 +126,8 @@ def grader_errors(errors: object) -> tuple[tuple[str, str, str, float], ...]:
     The error is the field's stem (other_error_mean -> other_error). A stem that starts with train_
     or valid_ names its split; without one the rate is of the training samples (split train).
     """
-    out = []
+    out: list[tuple[str, str, str, float]] = []
+    seen: set[tuple[str, str, str]] = set()  # other_error_mean and train_other_error_mean: one series
     for name, grader in _graders(errors)[:MAX_GRADERS]:
         kinds = 0
         for key, raw in grader.items():
@@ -119,8 +137,9 @@ def grader_errors(errors: object) -> tuple[tuple[str, str, str, float], ...]:
             stem = key.removesuffix("_mean")
             prefix, _, rest = stem.partition("_")
             split, error = (prefix, rest) if prefix in SPLITS and rest else ("train", stem)
-            if name_problem(error) is None and kinds < MAX_KINDS:
+            if name_problem(error) is None and kinds < MAX_KINDS and (name, split, error) not in seen:
                 kinds += 1
+                seen.add((name, split, error))
                 out.append((name, split, error, value))
     return tuple(out)
 

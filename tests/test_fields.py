@@ -151,3 +151,58 @@ def test_the_method_of_a_job() -> None:
     )
     odd = parse_job({**base, "method": {"type": 7, "dpo": "x"}})
     assert (odd.method, odd.hyperparameters) == ("unknown", ())
+
+
+HUGE = 10**400  # an integer JSON allows and no float holds
+
+
+def test_an_integer_too_large_for_a_float_is_a_skipped_field_not_a_crash() -> None:
+    assert checkpoint_metrics({"train_loss": 0.5, "big": HUGE}).extra == ()
+    event = parse_metrics_event_data(
+        {
+            "step": 1,
+            "big": HUGE,
+            "scores": {"graders": [{"name": "g", "train_reward_mean": HUGE, "valid_reward_mean": 0.5}]},
+            "timing": {"step": {"sampling": HUGE, "eval": 2.0}},
+        }
+    )
+    assert event.extra == ()
+    assert event.skipped == (("invalid_field", "big: not a finite number"),)
+    assert event.grader_rewards == (("g", "valid", 0.5),)
+    assert event.phases == (("eval", 2.0),)
+    job = parse_job(
+        {
+            "id": "ftjob-1",
+            "status": "running",
+            "created_at": 1,
+            "method": {"type": "dpo", "dpo": {"hyperparameters": {"beta": HUGE, "n_epochs": 3}}},
+        }
+    )
+    assert job.hyperparameters == (("n_epochs", 3.0),)
+
+
+def test_a_grader_given_twice_is_one_series_the_first() -> None:
+    event = parse_metrics_event_data(
+        {
+            "scores": {
+                "graders": [{"name": "g", "train_reward_mean": 0.5}, {"name": "g", "train_reward_mean": 0.25}]
+            },
+            "errors": {"graders": [{"name": "h", "other_error_mean": 0.5, "train_other_error_mean": 0.25}]},
+        }
+    )
+    assert event.grader_rewards == (("g", "train", 0.5),)
+    assert event.grader_errors == (("h", "train", "other_error", 0.5),)
+
+
+def test_a_grader_name_no_exposition_can_write_is_left_out() -> None:
+    event = parse_metrics_event_data(
+        {
+            "scores": {
+                "graders": [
+                    {"name": "g\ud800", "train_reward_mean": 0.5},
+                    {"name": "ok", "train_reward_mean": 0.75},
+                ]
+            }
+        }
+    )
+    assert event.grader_rewards == (("ok", "train", 0.75),)
