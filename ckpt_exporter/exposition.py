@@ -265,7 +265,3 @@ class ExpositionCache:
                     self._assembled[openmetrics] = assembled
             finished = time.monotonic()
             cost = finished - started
-
-
-# The name server.py and its tests knew it by; ExpositionCache says what it is.
-RenderedJobs = ExpositionCache
