@@ -162,13 +162,10 @@ class JobState:
             self.note_rejected([Rejected(invalid_reason(exc, "invalid_job"), describe(exc))], "job")
             return replace(self.snapshot, polled=True, up=False, held=False, errors=self.error_counts())
         if document.id != self.job_id:  # a document must be about the job asked for
-            log.warning("job %s: the API answered with another job's document; ignored", self.job_id)
-            return self._status_failed("wrong_job")
+            detail = f"the API answered with another job's document ({document.id!r})"
+            self.note_rejected([Rejected("wrong_job", detail)], "job")
+            return replace(self.snapshot, polled=True, up=False, held=False, errors=self.error_counts())
         return self.status_read(document, now)
-
-    def _status_failed(self, reason: str) -> JobSnapshot:
-        self.count(reason)
-        return replace(self.snapshot, polled=True, up=False, held=False, errors=self.error_counts())
 
     def poll_outcome(
         self,

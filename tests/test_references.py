@@ -183,3 +183,39 @@ def test_random_schema_valid_answers_never_break_a_poll_or_the_exposition() -> N
         finally:
             output = exporter.stop()
     assert "Traceback" not in output, output
+
+
+@pytest.mark.integration
+def test_the_spec_s_static_answers_are_refused_for_what_they_are() -> None:
+    """Prism's static answers are the spec's placeholders: a job document whose id is "string" (not
+    the job asked for) and a checkpoints page that always claims more behind the same cursor. Neither
+    is data: the job is down with exactly those two reasons, exports nothing made up, and each
+    problem is logged once, however many polls repeat it."""
+    with prism() as url:
+        exporter = DrainedExporterProcess(
+            {
+                "CKPT_EXPORTER_API_BASE_URL": url,
+                "CKPT_EXPORTER_API_KEY": API_KEY,
+                "CKPT_EXPORTER_JOBS": "ftjob-prism",
+                "CKPT_EXPORTER_POLL_INTERVAL_SECONDS": "0.3",
+            }
+        )
+        try:
+            exporter.wait_ready(timeout=30)
+
+            def reasons() -> dict[str, float]:
+                samples = parse_samples(exporter.metrics(), "ckpt_exporter_api_errors_total")
+                return {dict(labels)["reason"]: value for (_, labels), value in samples.items()}
+
+            assert wait_for(lambda: min(reasons().values(), default=0) >= 3, 30), reasons()
+            text = assert_valid_exposition(exporter)
+            assert set(reasons()) == {"pagination_loop", "wrong_job"}
+            assert parse_samples(text, "ckpt_exporter_job_up") == {
+                ("ckpt_exporter_job_up", frozenset({("job_id", "ftjob-prism")})): 0.0
+            }
+            assert parse_samples(text, "openai_fine_tuning_") == {}
+        finally:
+            output = exporter.stop()
+    warnings = [line for line in output.splitlines() if " WARNING " in line]
+    assert len(warnings) == 2, output
+    assert "Traceback" not in output
