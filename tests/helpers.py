@@ -224,7 +224,7 @@ def expected_best_checkpoint(job_id: str, checkpoints: list[dict[str, Any]], met
                 (c for c in having if c["metrics"][name] == value),
                 key=lambda c: (c["step_number"], c["created_at"]),
             )
-            labels = {"job_id": job_id, "metric": field, "model": best["fine_tuned_model_checkpoint"]}
+            labels = {"job_id": job_id, "metric": name, "model": best["fine_tuned_model_checkpoint"]}
             return {
                 ("openai_fine_tuning_job_best_checkpoint_step", frozenset(labels.items())): best[
                     "step_number"

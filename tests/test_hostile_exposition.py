@@ -35,6 +35,7 @@ pytestmark = pytest.mark.integration
 
 HOSTILE_JOB = "ftjob-hostile"
 DISCOVERED = hostile_text("ftjob-discovered")
+SUPERVISED = {"method": "supervised", "reasoning_effort": "", "grader_type": ""}  # job_info's method labels
 INFO_NAMES = (
     "openai_fine_tuning_checkpoint_info",
     "openai_fine_tuning_job_info",
@@ -89,6 +90,7 @@ def expected_hostile_samples(api: HostileApi) -> Labelled:
         "fine_tuned_model": document["fine_tuned_model"],
         "suffix": document["user_provided_suffix"],
         "account": "default",
+        **SUPERVISED,
     }
     expected[("openai_fine_tuning_job_info", frozenset(info.items()))] = 1.0
     status = {"job_id": HOSTILE_JOB, "status": document["status"]}
@@ -98,7 +100,7 @@ def expected_hostile_samples(api: HostileApi) -> Labelled:
         value = 1.0 if level == hostile_text("level") else 0.0
         expected[("openai_fine_tuning_job_events_total", frozenset(labels.items()))] = value
     discovered = {"job_id": DISCOVERED, "model": api.jobs[DISCOVERED].document["model"]}
-    discovered |= {"fine_tuned_model": "", "suffix": "", "account": "default"}
+    discovered |= {"fine_tuned_model": "", "suffix": "", "account": "default", **SUPERVISED}
     expected[("openai_fine_tuning_job_info", frozenset(discovered.items()))] = 1.0
     status = {"job_id": DISCOVERED, "status": "succeeded"}
     expected[("openai_fine_tuning_job_status", frozenset(status.items()))] = 1.0
