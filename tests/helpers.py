@@ -320,14 +320,6 @@ def substitute_grafana_variables(
 
 FOUNDRY_PROJECT = "/api/projects/demo-project/openai/v1"  # Foundry's project endpoint, under the resource
 KEYLESS_JOBS = ("ftjob-entra1", "ftjob-entra2")
-TOKEN_FAILURE_REASONS = (
-    "unavailable",
-    "unreachable",
-    "endpoint_error",
-    "rejected",
-    "timeout",
-    "api_rejected",
-)
 
 
 def keyless_env(

@@ -14,11 +14,11 @@ import time
 import jwt
 import pytest
 
+from ckpt_exporter.entra import TOKEN_FAILURE_REASONS
 from ckpt_exporter.fake import FakeApi, FakeApiServer, Fault
 from ckpt_exporter.fake.identity import FakeIdentity, FakeIdentityServer
 from tests.helpers import (
     KEYLESS_JOBS,
-    TOKEN_FAILURE_REASONS,
     DrainedExporterProcess,
     answers,
     exported_steps,

@@ -17,13 +17,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+from ckpt_exporter.entra import TOKEN_FAILURE_REASONS
 from ckpt_exporter.fake import FakeApi, FakeApiServer
 from ckpt_exporter.fake.identity import FakeIdentity, FakeIdentityServer
 from ckpt_exporter.logging_setup import forget_secret, redact, register_secret
 from tests.helpers import (
     FOUNDRY_PROJECT,
     KEYLESS_JOBS,
-    TOKEN_FAILURE_REASONS,
     DrainedExporterProcess,
     answers,
     exported_steps,
