@@ -16,8 +16,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from cryptography import x509
-
 from ckpt_exporter.filestamp import FileStamp, file_stamp
 from ckpt_exporter.webconfig import TlsSettings, WebConfigError, build_tls_context
 
@@ -28,6 +26,8 @@ VALIDITY_WARNING_INTERVAL_SECONDS = 3600.0
 
 def validity(cert_file: Path) -> tuple[datetime, datetime] | None:
     """(not before, not after) of the file's first certificate; None when it cannot be read."""
+    from cryptography import x509  # only with TLS: the import alone costs the process about 14 MB
+
     try:
         cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
     except (OSError, ValueError):
