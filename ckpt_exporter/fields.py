@@ -8,9 +8,11 @@ documented loosely and change, so parsing is lenient: a part of an unexpected sh
 never a rejected checkpoint or event.
 
 A field name becomes part of a metric name, so it must be one (`[a-z][a-z0-9_]*`, at most
-MAX_NAME_LENGTH characters, no suffix Prometheus reserves for counters, histograms and summaries),
-and a job may bring at most MAX_FIELDS_PER_JOB of them: the rest are skipped, with a reason
-(`invalid_field` or `too_many_fields`) that the job's poll counts and logs once.
+MAX_NAME_LENGTH characters), and a job may bring at most MAX_FIELDS_PER_JOB of them: the rest are
+skipped, with a reason (`invalid_field` or `too_many_fields`) that the job's poll counts and logs
+once. A name ending in a suffix Prometheus reserves for counters, histograms and summaries (RFT's
+`sample_parse_error_count`, say) is exported with `_value` appended, so that it reads as the gauge
+it is: `..._sample_parse_error_count_value`.
 
 This module is at the bottom of the import order, with models.py.
 """
@@ -49,9 +51,16 @@ def name_problem(name: str) -> str | None:
     """Why a field name cannot be part of a metric name, or None."""
     if not FIELD_NAME.fullmatch(name) or len(name) > MAX_NAME_LENGTH:
         return f"{name[:MAX_NAME_LENGTH]!r} is not a metric name ([a-z][a-z0-9_]*)"
-    if name.endswith(RESERVED_SUFFIXES):
-        return f"{name!r} ends in a suffix Prometheus reserves ({', '.join(RESERVED_SUFFIXES)})"
     return None
+
+
+def metric_name(name: str) -> str:
+    """The name a field is exported under: itself, or with `_value` after a reserved suffix.
+
+    >>> metric_name("train_mean_reward"), metric_name("sample_parse_error_count")
+    ('train_mean_reward', 'sample_parse_error_count_value')
+    """
+    return f"{name}_value" if name.endswith(RESERVED_SUFFIXES) else name
 
 
 def top_level_numbers(raw: Mapping[str, Any], known: Iterable[str]) -> tuple[Numbers, Skipped]:
@@ -64,12 +73,15 @@ def top_level_numbers(raw: Mapping[str, Any], known: Iterable[str]) -> tuple[Num
             continue  # strings, booleans, objects and nulls are not metrics
         problem = name_problem(name)
         number = _finite(value)
+        exported = metric_name(name)
         if problem is not None:
             skipped.append((INVALID, problem))
         elif number is None:
             skipped.append((INVALID, f"{name}: not a finite number"))
+        elif exported != name and (exported in raw or exported in known):
+            skipped.append((INVALID, f"{name}: exported as {exported}, which the API also sends"))
         else:
-            numbers.append((name, number))
+            numbers.append((exported, number))
     return tuple(numbers), tuple(skipped)
 
 
