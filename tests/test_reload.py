@@ -8,6 +8,7 @@ import signal
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from ckpt_exporter.fake import FakeApi, FakeApiServer
@@ -109,5 +110,44 @@ def test_log_level_is_applied_by_a_reload(api: tuple[FakeApi, FakeApiServer], tm
         assert request_line.search(exporter.output_so_far()) is None  # the scrape before was not logged
         exporter.metrics()
         assert wait_for(lambda: request_line.search(exporter.output_so_far()) is not None, 10)
+    finally:
+        exporter.stop()
+
+
+def sighup_ignored(pid: int) -> bool:
+    """Whether the process ignores SIGHUP now (Linux: SigIgn in /proc/PID/status, a hex mask)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigIgn:"):
+            return bool(int(line.split()[1], 16) & (1 << (signal.SIGHUP - 1)))
+    return False
+
+
+def test_a_sighup_during_start_up_neither_ends_the_process_nor_is_needed(
+    api: tuple[FakeApi, FakeApiServer], tmp_path: Path
+) -> None:
+    """SIGHUP's default action ends a process; the reload handler comes only once start-up is done.
+    From the moment our code runs, a SIGHUP before that handler is ignored, one after it reloads."""
+    _, server = api
+    config = tmp_path / "c.yaml"
+    config.write_text(f"jobs: [ftjob-one]\npoll_interval_seconds: {POLL_SECONDS}\n")
+    exporter = DrainedExporterProcess(
+        {"CKPT_EXPORTER_API_BASE_URL": server.base_url, "CKPT_EXPORTER_API_KEY": API_KEY},
+        ["--config", str(config)],
+    )
+    try:
+        assert wait_for(lambda: exporter.proc.poll() is None and sighup_ignored(exporter.proc.pid), 10)
+
+        def ready_after_a_sighup() -> bool:
+            exporter.proc.send_signal(signal.SIGHUP)  # every 50 ms, all through start-up
+            assert exporter.proc.poll() is None, exporter.output_so_far()
+            if REREAD not in exporter.output_so_far():  # not yet the reload handler's
+                return False
+            try:
+                return exporter.get("/readyz").status_code == 200
+            except httpx.TransportError:
+                return False
+
+        assert wait_for(ready_after_a_sighup, 20), exporter.output_so_far()
+        assert exporter.proc.poll() is None
     finally:
         exporter.stop()
