@@ -45,7 +45,10 @@ def test_a_flag_before_the_command_means_what_it_means_after() -> None:
     )
     try:
         assert serves(f"http://127.0.0.1:{port}/metrics")
-        assert "openai_fine_tuning_job_info" in httpx.get(f"http://127.0.0.1:{port}/metrics").text
+        # The server answers before the first poll has read the jobs: wait for that read.
+        assert wait_for(
+            lambda: "openai_fine_tuning_job_info" in httpx.get(f"http://127.0.0.1:{port}/metrics").text, 20
+        )
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"http://127.0.0.1:{exporter.port}/metrics")
     finally:
