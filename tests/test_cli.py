@@ -313,7 +313,9 @@ def test_the_telemetry_path_flag_moves_the_metrics() -> None:
     exporter = DrainedExporterProcess({}, ["demo", "--web.telemetry-path", "/custom/metrics"])
     try:
         assert serves(exporter.url + "/custom/metrics")
-        assert "openai_fine_tuning_job_info" in httpx.get(exporter.url + "/custom/metrics").text
+        assert wait_for(
+            lambda: "openai_fine_tuning_job_info" in httpx.get(exporter.url + "/custom/metrics").text, 20
+        )
         assert httpx.get(exporter.url + "/metrics").status_code == 404
     finally:
         exporter.stop()
