@@ -10,7 +10,6 @@ import logging
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -96,6 +95,9 @@ FAULTS = [
 ]
 
 
+SERVED = {"http", "hang", "reset", "close", "truncated", "echo_auth", "nan", "repeated_cursor"}
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize(("log_format", "transport"), [("text", "aiohttp"), ("json", "httpx")])
 def test_the_key_appears_nowhere_at_debug_through_every_fault(log_format: str, transport: str) -> None:
@@ -122,7 +124,9 @@ def test_the_key_appears_nowhere_at_debug_through_every_fault(log_format: str, t
             exporter.wait_ready()
             for job_id, fault in zip(jobs, FAULTS, strict=True):
                 api.inject(job_id, fault, times=None)
-            time.sleep(3)
+            # Until every kind has been served at least once: the 429 holds the whole account for a
+            # second at each of its polls, so no fixed wait is long enough on a loaded machine.
+            assert wait_for(lambda: {s.kind for s in api.served()} >= SERVED, 60), api.served()
             api.clear_faults()
             api.api_key = API_KEY + "-rotated"  # now every request is a 401
             # the exporter's own 401 line is written: the rejected-key path ran before the stop
@@ -131,7 +135,7 @@ def test_the_key_appears_nowhere_at_debug_through_every_fault(log_format: str, t
         finally:
             output = exporter.stop()
         served = {served.kind for served in api.served()}
-    assert served >= {"http", "hang", "reset", "close", "truncated", "echo_auth", "nan", "repeated_cursor"}
+    assert served >= SERVED
     assert exporter.proc.returncode == 0
     # The output is the DEBUG output of every library: the requests were logged...
     assert "fine_tuning/jobs/ftjob-secret00/checkpoints" in output
