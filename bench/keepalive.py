@@ -14,7 +14,6 @@ markdown table. Nothing is asserted: docs/benchmarks.md records the figures.
 from __future__ import annotations
 
 import argparse
-import datetime
 import http.client
 import inspect
 import os
@@ -27,35 +26,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def make_certificate(directory: Path) -> tuple[Path, Path]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    cert_file, key_file = directory / "server.crt", directory / "server.key"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    return cert_file, key_file
 
 
 def serve(web_config: str | None) -> None:
@@ -103,9 +73,14 @@ def p99(values: list[float]) -> float:
 
 
 def measure(source: Path, n: int) -> list[tuple[str, str, str, float, float]]:
+    # This checkout's certificate maker, here in the client only: the server child runs --source's.
+    sys.path.insert(0, str(REPO))
+    from ckpt_exporter.fake.certs import self_signed
+
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        cert, key = make_certificate(Path(tmp))
+        cert, key = Path(tmp) / "server.crt", Path(tmp) / "server.key"
+        self_signed(cert, key)
         web = Path(tmp) / "web.yml"
         web.write_text(f"tls_server_config:\n  cert_file: {cert}\n  key_file: {key}\n")
         context = ssl.create_default_context(cafile=str(cert))

@@ -27,8 +27,6 @@ fake API accepts a Bearer token when `token_checker(key)` says it is genuine and
 from __future__ import annotations
 
 import asyncio
-import datetime
-import ipaddress
 import os
 import secrets
 import ssl
@@ -42,6 +40,8 @@ from typing import Any
 
 import jwt
 from aiohttp import web
+
+from ckpt_exporter.fake.certs import self_signed
 
 DEFAULT_AUDIENCE = "https://cognitiveservices.azure.com"  # the resource of the scope .../.default
 APP_SERVICE_PATH = "/msi/token"
@@ -269,7 +269,7 @@ class FakeIdentityServer:
     def _tls_context(self) -> ssl.SSLContext:
         self._dir = tempfile.TemporaryDirectory(prefix="fake-identity-")
         cert, key = Path(self._dir.name) / "cert.pem", Path(self._dir.name) / "key.pem"
-        _self_signed(self.host, cert, key)
+        self_signed(cert, key, self.host)
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(cert, key)
         self.ca_file = cert
@@ -296,35 +296,3 @@ class FakeIdentityServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def _self_signed(host: str, cert_path: Path, key_path: Path) -> None:
-    """A self-signed certificate for `host` (an IP address), valid for a day."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(host))]), critical=False
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
