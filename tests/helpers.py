@@ -20,7 +20,6 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from ckpt_exporter.fake import FakeApiServer
@@ -367,58 +366,6 @@ def answers(exporter: ExporterProcess) -> bool:
         return exporter.get("/metrics").status_code == 200
     except Exception:
         return False
-
-
-class PrometheusProcess:
-    """A real Prometheus scraping one target every second (stopped by stop(), by its pid)."""
-
-    def __init__(self, binary: str, workdir: Path, target_port: int, job_name: str = "ckpt-exporter") -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = {
-            "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
-            "scrape_configs": [
-                {"job_name": job_name, "static_configs": [{"targets": [f"127.0.0.1:{target_port}"]}]}
-            ],
-        }
-        config_file = workdir / "prometheus.yml"
-        config_file.write_text(yaml.safe_dump(config), encoding="utf-8")
-        self.log = workdir / "prometheus.log"
-        with self.log.open("wb") as out:
-            self.proc = subprocess.Popen(
-                [
-                    binary,
-                    f"--config.file={config_file}",
-                    f"--storage.tsdb.path={workdir / 'prometheus-data'}",
-                    f"--web.listen-address=127.0.0.1:{self.port}",
-                    "--log.level=warn",
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-
-    def ready(self) -> bool:
-        if self.proc.poll() is not None:
-            raise AssertionError(f"prometheus exited:\n{self.log.read_text(errors='replace')[-4000:]}")
-        try:
-            return httpx.get(self.url + "/-/ready", timeout=2).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    def vector(self, expr: str) -> dict[frozenset[tuple[str, str]], float]:
-        """{labels: value} of an instant query."""
-        body = httpx.get(self.url + "/api/v1/query", params={"query": expr}, timeout=10).json()
-        assert body["status"] == "success" and body["data"]["resultType"] == "vector", (expr, body)
-        return {frozenset(item["metric"].items()): float(item["value"][1]) for item in body["data"]["result"]}
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
 
 
 # -- a hostile API: raw answers of the test's own ----------------------------------------------

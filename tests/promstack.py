@@ -6,8 +6,10 @@ the other shared helpers; this part is kept apart to keep each module short).
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,8 @@ from typing import Any
 import httpx
 import yaml
 
-from tests.helpers import REPO, free_port
+from ckpt_exporter.fake import FakeApi, FakeApiServer
+from tests.helpers import REPO, ExporterProcess, free_port, require_tool, wait_for
 
 ALERTS = REPO / "helm" / "ckpt-exporter" / "files" / "alerts.yaml"
 
@@ -104,3 +107,38 @@ def prometheus_ready(prom: Prometheus) -> bool:
         return httpx.get(prom.url + "/-/ready", timeout=2).status_code == 200
     except httpx.TransportError:
         return False
+
+
+@contextlib.contextmanager
+def running_prometheus(tmp_path: Path, exporter_port: int) -> Iterator[Prometheus]:
+    """A ready Prometheus scraping the exporter on `exporter_port`, stopped on the way out."""
+    prom = start_prometheus(require_tool("prometheus"), tmp_path, exporter_port)
+    try:
+        assert wait_for(lambda: prometheus_ready(prom), 30, 0.2), "prometheus did not become ready"
+        yield prom
+    finally:
+        stop_process(prom.proc)
+
+
+@contextlib.contextmanager
+def scraped_exporter(
+    api: FakeApi, jobs: Sequence[str], tmp_path: Path
+) -> Iterator[tuple[ExporterProcess, Prometheus]]:
+    """The fake API on loopback, the real exporter polling `jobs` from it every 0.5 s, and a real
+    Prometheus scraping the exporter with the alert rules."""
+    require_tool("prometheus")  # skip (or fail in CI) before starting anything
+    with FakeApiServer(api) as server:
+        exporter = ExporterProcess(
+            {
+                "CKPT_EXPORTER_API_BASE_URL": server.base_url,
+                "CKPT_EXPORTER_API_KEY": api.api_key or "",
+                "CKPT_EXPORTER_JOBS": ",".join(jobs),
+                "CKPT_EXPORTER_POLL_INTERVAL_SECONDS": "0.5",
+            }
+        )
+        try:
+            exporter.wait_ready()
+            with running_prometheus(tmp_path, exporter.port) as prom:
+                yield exporter, prom
+        finally:
+            exporter.stop()

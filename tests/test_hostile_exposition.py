@@ -11,7 +11,7 @@ import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
-from tests.helpers import PrometheusProcess, require_tool, wait_for
+from tests.helpers import require_tool, wait_for
 from tests.hostile_api import (
     HOSTILE_CHARS,
     HostileApi,
@@ -26,6 +26,7 @@ from tests.hostile_run import (
     samples,
     try_samples,
 )
+from tests.promstack import running_prometheus
 
 pytestmark = pytest.mark.integration
 
@@ -130,21 +131,17 @@ def test_every_line_break_and_control_char_in_every_label_keeps_metrics_valid() 
 
 
 def test_cr_hash_in_a_checkpoint_id_keeps_a_real_prometheus_target_up(tmp_path: Path) -> None:
-    binary = require_tool("prometheus")
+    require_tool("prometheus")
     api = HostileApi()
     job_id = "ftjob-cr-hash"
     forged = "ftckpt-1\r# HELP forged x\r# TYPE forged gauge\rforged 1\r"
     api.add_job(job_id).checkpoints.extend([checkpoint(job_id, 1, id=forged), checkpoint(job_id, 2)])
     with exporter_for(api, [job_id]) as exporter:
         exporter.wait_ready()
-        prometheus = PrometheusProcess(binary, tmp_path, exporter.port, job_name="hostile")
-        try:
-            assert wait_for(prometheus.ready, 30, 0.2), "prometheus did not become ready"
+        with running_prometheus(tmp_path, exporter.port) as prometheus:
             # Ten scrapes or more, and the target was up at every one of them.
-            assert wait_for(lambda: sum(prometheus.vector("count_over_time(up[1m])").values()) >= 10, 60, 0.5)
-            target = frozenset({("job", "hostile"), ("instance", f"127.0.0.1:{exporter.port}")})
-            assert prometheus.vector("min_over_time(up[1m])") == {target: 1.0}
-            info = prometheus.vector(f'openai_fine_tuning_checkpoint_info{{job_id="{job_id}"}}')
+            assert wait_for(lambda: sum(prometheus.series("count_over_time(up[1m])").values()) >= 10, 60, 0.5)
+            target = frozenset({("job", "ckpt-exporter"), ("instance", f"127.0.0.1:{exporter.port}")})
+            assert prometheus.series("min_over_time(up[1m])") == {target: 1.0}
+            info = prometheus.series(f'openai_fine_tuning_checkpoint_info{{job_id="{job_id}"}}')
             assert {dict(labels)["checkpoint_id"] for labels in info} == {forged, f"ftckpt-{job_id}-2"}
-        finally:
-            prometheus.stop()

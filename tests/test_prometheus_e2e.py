@@ -21,14 +21,13 @@ import pytest
 import yaml
 
 from ckpt_exporter import __version__
-from ckpt_exporter.fake import FakeApi, FakeApiServer
+from ckpt_exporter.fake import FakeApi
 from ckpt_exporter.models import METRIC_FIELDS
 from tests.helpers import (
     ExporterProcess,
     load_dashboard,
     parse_samples,
     query_panels,
-    require_tool,
     substitute_grafana_variables,
     wait_for,
 )
@@ -37,9 +36,7 @@ from tests.promstack import (
     Labels,
     Prometheus,
     Series,
-    prometheus_ready,
-    start_prometheus,
-    stop_process,
+    scraped_exporter,
 )
 
 pytestmark = pytest.mark.integration
@@ -175,28 +172,10 @@ def expected_at_latest(api: FakeApi, field: str) -> Series:
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[tuple[FakeApi, ExporterProcess, Prometheus]]:
-    binary = require_tool("prometheus")
     api = FakeApi(api_key=API_KEY)
     populate(api)
-    with FakeApiServer(api) as server:
-        exporter = ExporterProcess(
-            {
-                "CKPT_EXPORTER_API_BASE_URL": server.base_url,
-                "CKPT_EXPORTER_API_KEY": API_KEY,
-                "CKPT_EXPORTER_JOBS": ",".join((*SELECTED, OTHER)),
-                "CKPT_EXPORTER_POLL_INTERVAL_SECONDS": "0.5",
-            }
-        )
-        prom: Prometheus | None = None
-        try:
-            exporter.wait_ready()
-            prom = start_prometheus(binary, tmp_path, exporter.port)
-            assert wait_for(lambda: prometheus_ready(prom), 30, 0.2), "prometheus did not become ready"
-            yield api, exporter, prom
-        finally:
-            if prom is not None:
-                stop_process(prom.proc)
-            exporter.stop()
+    with scraped_exporter(api, (*SELECTED, OTHER), tmp_path) as (exporter, prom):
+        yield api, exporter, prom
 
 
 # --- the dashboard's and the rules' expressions ----------------------------------------------------

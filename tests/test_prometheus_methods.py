@@ -19,15 +19,13 @@ from typing import Any
 
 import pytest
 
-from ckpt_exporter.fake import FakeApi, FakeApiServer
+from ckpt_exporter.fake import FakeApi
 from tests.helpers import (
-    ExporterProcess,
     load_dashboard,
-    require_tool,
     substitute_grafana_variables,
     wait_for,
 )
-from tests.promstack import Prometheus, Series, prometheus_ready, start_prometheus, stop_process
+from tests.promstack import Prometheus, Series, scraped_exporter
 
 pytestmark = pytest.mark.integration
 
@@ -88,28 +86,10 @@ def populate(api: FakeApi) -> None:
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[tuple[FakeApi, Prometheus]]:
-    binary = require_tool("prometheus")
     api = FakeApi(api_key=API_KEY)
     populate(api)
-    with FakeApiServer(api) as server:
-        exporter = ExporterProcess(
-            {
-                "CKPT_EXPORTER_API_BASE_URL": server.base_url,
-                "CKPT_EXPORTER_API_KEY": API_KEY,
-                "CKPT_EXPORTER_JOBS": ",".join((SFT, DPO, RFT, FLAT)),
-                "CKPT_EXPORTER_POLL_INTERVAL_SECONDS": "0.5",
-            }
-        )
-        prom: Prometheus | None = None
-        try:
-            exporter.wait_ready()
-            prom = start_prometheus(binary, tmp_path, exporter.port)
-            assert wait_for(lambda: prometheus_ready(prom), 30, 0.2), "prometheus did not become ready"
-            yield api, prom
-        finally:
-            if prom is not None:
-                stop_process(prom.proc)
-            exporter.stop()
+    with scraped_exporter(api, (SFT, DPO, RFT, FLAT), tmp_path) as (_, prom):
+        yield api, prom
 
 
 def row_targets() -> dict[tuple[str, str, str], tuple[str, bool]]:
