@@ -9,12 +9,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
-from ckpt_exporter.models import ApiError
+from ckpt_exporter.models import ApiError, SignInFailed
 
 # The poller's logger: operators filter on it (docs/operations.md quotes its lines).
 log = logging.getLogger("ckpt_exporter.poller")
 
 AUTH_STATUSES = (401, 403)  # about the account's key, not the job: logged once per change
+
+
+def is_account_failure(exc: ApiError) -> bool:
+    """A failure of the account's key or sign-in, logged once for the account, not per job or walk."""
+    return exc.status in AUTH_STATUSES or isinstance(exc, SignInFailed)
 
 
 class AccountAuth:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 
 from pydantic import ValidationError
 
+from ckpt_exporter.account_auth import is_account_failure
 from ckpt_exporter.diff import CheckpointDiff, DiffResult
 from ckpt_exporter.events import EventFeed, EventsResult
 from ckpt_exporter.families import RESERVED_FIELDS
@@ -23,7 +24,6 @@ from ckpt_exporter.models import (
     CheckpointMetrics,
     FineTuningJob,
     Rejected,
-    SignInFailed,
     describe,
     invalid_reason,
     parse_job,
@@ -202,11 +202,7 @@ class JobState:
                     self.job_id,
                     delay,
                 )
-        elif (  # the key or the sign-in: the account's, logged once for it
-            exc.status not in (401, 403)
-            and not isinstance(exc, SignInFailed)
-            and self.last_error != exc.reason
-        ):
+        elif not is_account_failure(exc) and self.last_error != exc.reason:
             log.warning("job %s: poll failed (%s): %s", self.job_id, exc.reason, exc)
         self.last_error = exc.reason
         return replace(snapshot, polled=True, up=False, errors=self.error_counts())

@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 
 from pydantic import ValidationError
 
+from ckpt_exporter.account_auth import is_account_failure
 from ckpt_exporter.api import ApiClient
 from ckpt_exporter.models import (
     ApiError,
     FineTuningJob,
     ListPage,
     Rejected,
-    SignInFailed,
     describe,
     invalid_reason,
     parse_job,
@@ -164,11 +164,7 @@ class Listing:
 
     def failed(self, exc: ApiError) -> None:
         """Log a failed walk once per reason (a 401/403 or a sign-in failure is the account's)."""
-        if (
-            exc.status not in (401, 403)
-            and not isinstance(exc, SignInFailed)
-            and self._last_error != exc.reason
-        ):
+        if not is_account_failure(exc) and self._last_error != exc.reason:
             log.warning(
                 "account %s: jobs listing failed (%s): %s; statuses stay as last read",
                 self._account,
