@@ -26,7 +26,6 @@ from ckpt_exporter.listen import ListenAddress, check_host, listen_problem, pars
 from ckpt_exporter.settings_sources import (
     CONFIG_FILE_VARIABLE,
     ENV_PREFIX,
-    MAX_NESTING,
     OpenAIFallbacks,
     Origins,
     SettingsError,
@@ -34,6 +33,7 @@ from ckpt_exporter.settings_sources import (
     describe_validation_error,
     read_config_file,
 )
+from ckpt_exporter.yamlfile import MAX_NESTING
 
 __all__ = [
     "AccountSettings",

@@ -16,17 +16,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_settings import PydanticBaseSettingsSource
+
+from ckpt_exporter.yamlfile import MAX_NESTING, YamlFileError, read_yaml
 
 ENV_PREFIX = "CKPT_EXPORTER_"
 CONFIG_FILE_VARIABLE = ENV_PREFIX + "CONFIG_FILE"
 # OpenAI's variables, below the YAML file: {variable: setting}.
 OPENAI_FALLBACKS = {"OPENAI_BASE_URL": "api_base_url", "OPENAI_API_KEY": "api_key"}
-# Deeper than any real settings file; a deeper one is a mistake or an attack on the parser.
-MAX_NESTING = 32
 # The variables Kubernetes sets for each Service of the namespace (service links): a Service named
 # ckpt-exporter gives CKPT_EXPORTER_SERVICE_HOST, CKPT_EXPORTER_PORT_9842_TCP, ...
 _SERVICE_LINK = re.compile(r"^(.+?)_(SERVICE_HOST|SERVICE_PORT(_\w+)?|PORT(_\d+_(TCP|UDP|SCTP)(_\w+)?)?)$")
@@ -50,45 +49,14 @@ def did_you_mean(name: str, known: Iterable[str]) -> str:
 def read_config_file(path: Path) -> dict[str, Any]:
     """The YAML file's settings; SettingsError naming the file (and the line or key) otherwise."""
     try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise SettingsError(f"config file {path}: cannot read it ({exc.strerror or exc})") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise SettingsError(f"config file {path}: not UTF-8 text (byte {exc.start})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or type(exc).__name__
-        raise SettingsError(f"config file {path}: invalid YAML{where}: {problem}") from None
-    except RecursionError:
-        raise SettingsError(f"config file {path}: nested deeper than {MAX_NESTING} levels") from None
+        data = read_yaml(path)
+    except YamlFileError as exc:
+        raise SettingsError(f"config file {path}: {exc}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise SettingsError(f"config file {path}: must be a YAML mapping of setting: value")
-    too_deep = _too_deep(data)
-    if too_deep is not None:
-        raise SettingsError(f"config file {path}: {too_deep} is nested deeper than {MAX_NESTING} levels")
     return {str(key): value for key, value in data.items()}
-
-
-def _too_deep(data: dict[Any, Any]) -> str | None:
-    """The first top-level key whose value nests deeper than MAX_NESTING, walked without recursion."""
-    for key, value in data.items():
-        stack: list[tuple[Any, int]] = [(value, 1)]
-        while stack:
-            item, depth = stack.pop()
-            if depth > MAX_NESTING:
-                return str(key)
-            if isinstance(item, dict):
-                stack.extend((inner, depth + 1) for inner in item.values())
-            elif isinstance(item, list):
-                stack.extend((inner, depth + 1) for inner in item)
-    return None
 
 
 class OpenAIFallbacks(PydanticBaseSettingsSource):

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from ckpt_exporter.yamlfile import YamlFileError, read_yaml
 
 CLIENT_AUTH_TYPES = {
     "NoClientCert": ssl.CERT_NONE,
@@ -117,13 +117,9 @@ class WebConfig:
 def load_web_config(path: Path) -> WebConfig:
     """Read and check the file (certificates included); WebConfigError says what is wrong."""
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise WebConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise WebConfigError(f"{path}: invalid YAML{where}") from None
+        raw = read_yaml(path)
+    except YamlFileError as exc:
+        raise WebConfigError(f"{path}: {exc}") from None
     if raw is None:
         raw = {}
     _check_keys(_mapping(raw, ""), "")

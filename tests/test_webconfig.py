@@ -35,6 +35,28 @@ TLS = "tls_server_config:\n  cert_file: {cert}\n  key_file: {key}\n"
 
 
 @pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b"tls_server_config: \xff\n", "web.yml: not UTF-8 text (byte 19)"),
+        (b"headers: " + b"[" * 5000 + b"]" * 5000 + b"\n", "web.yml: nested deeper than 32 levels"),
+        (
+            b"http_server_config: " + b"[" * 40 + b"]" * 40 + b"\n",
+            "web.yml: http_server_config is nested deeper",
+        ),
+    ],
+)
+def test_a_web_config_that_is_not_utf_8_or_nests_too_deep_is_one_line(
+    tmp_path: Path, raw: bytes, message: str
+) -> None:
+    path = tmp_path / "web.yml"
+    path.write_bytes(raw)
+    with pytest.raises(WebConfigError) as caught:
+        load_web_config(path)
+    assert message in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
     ("text", "message"),
     [
         ("tls_server_config: [1]\n", "tls_server_config: must be a mapping"),
@@ -200,9 +222,10 @@ def web_log(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str]]:
     return [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "ckpt_exporter.webwatch"]
 
 
-def replace(path: Path, text: str) -> None:
+def replace(path: Path, text: str | bytes) -> None:
     """As kubelet updates a mounted ConfigMap: the new file renamed over the old, never half written."""
-    path.with_suffix(".new").write_text(text)
+    new = path.with_suffix(".new")
+    new.write_bytes(text) if isinstance(text, bytes) else new.write_text(text)
     os.replace(path.with_suffix(".new"), path)
 
 
@@ -236,11 +259,13 @@ def test_a_new_password_hash_is_applied_and_logged(
     [
         ("basic_auth_users:\n  prometheus: [\n", "invalid YAML at line 3"),
         ("basic_auth_users:\n  prometheus: hunter2\n", "basic_auth_users.prometheus: not a bcrypt hash"),
+        (b"basic_auth_users:\n  prometheus: \xff\n", "not UTF-8 text (byte 32)"),
+        ("basic_auth_users: " + "[" * 5000 + "]" * 5000 + "\n", "nested deeper than 32 levels"),
     ],
-    ids=["invalid-yaml", "bad-hash"],
+    ids=["invalid-yaml", "bad-hash", "not-utf-8", "too-deep"],
 )
 def test_a_change_that_cannot_be_used_keeps_the_previous_config_and_says_why(
-    serve: type[Served], caplog: pytest.LogCaptureFixture, text: str, error: str
+    serve: type[Served], caplog: pytest.LogCaptureFixture, text: str | bytes, error: str
 ) -> None:
     caplog.set_level(logging.INFO, logger="ckpt_exporter.webwatch")
     served = serve(f"basic_auth_users:\n  prometheus: '{HASH}'\n")
