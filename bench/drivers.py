@@ -4,7 +4,6 @@ at quiet moments between its poll cycles."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from dataclasses import dataclass
@@ -107,16 +106,6 @@ class Exporter:
             rss_mb=self.process.rss_mb(),
             fake_cpu=self.fake.process.cpu_seconds(),
         )
-
-    def wait_listening(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self._check_alive()
-            with contextlib.suppress(OSError):
-                http_get(self.port, "/healthz", timeout=2)
-                return
-            time.sleep(0.1)
-        raise RuntimeError(f"the exporter did not listen within {timeout}s")
 
     def wait_cycles(self, cycles: int, timeout: float) -> Point:
         """Wait until `cycles` poll cycles have completed and the API has seen no request for

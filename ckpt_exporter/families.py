@@ -9,9 +9,7 @@ field the API sends beyond the known ones (fields.py), named after the field, in
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
-
-from prometheus_client.core import Metric
+from collections.abc import Callable, Iterator
 
 from ckpt_exporter import methods
 from ckpt_exporter.metricfamily import Family, FieldFamilies, Sample
@@ -309,20 +307,6 @@ FAMILIES: tuple[Family | FieldFamilies, ...] = (
         _error_counts,
     ),
 )
-
-
-def job_families(jobs: Iterable[JobSnapshot]) -> list[Metric]:
-    """All per-job families, in exposition order, for the given jobs."""
-    jobs = list(jobs)
-    return [metric for family in FAMILIES for metric in family.build_all(jobs)]
-
-
-def poll_state_families(jobs: Iterable[JobSnapshot]) -> list[Metric]:
-    """The families that change with every poll (the last ones of job_families)."""
-    jobs = list(jobs)
-    return [
-        metric for family in FAMILIES if family.group == "poll_state" for metric in family.build_all(jobs)
-    ]
 
 
 def _reserved_fields() -> frozenset[str]:

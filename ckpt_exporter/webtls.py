@@ -66,10 +66,6 @@ class TlsContexts:
         self._warned_at: float | None = None
         self._check_validity()
 
-    @property
-    def settings(self) -> TlsSettings:
-        return self._tls
-
     def _stat(self) -> tuple[FileStamp | None, ...]:
         return tuple(file_stamp(path) for path in self._tls.files())
 

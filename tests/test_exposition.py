@@ -8,7 +8,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from pydantic import TypeAdapter
 
 from ckpt_exporter.exposition import ExpositionCache, render
-from ckpt_exporter.families import job_families
+from ckpt_exporter.layout import build
 from ckpt_exporter.models import Checkpoint
 from ckpt_exporter.selfmetrics import SelfMetrics
 from ckpt_exporter.server import MetricsApp
@@ -91,7 +91,8 @@ def test_cached_body_equals_rendering_everything_at_once() -> None:
     for snapshot in snapshots:
         jobs.update(snapshot)
     for openmetrics in (False, True):
-        whole = render(lambda: job_families(sorted(snapshots, key=lambda s: s.job_id)), openmetrics)
+        jobs_in_order = sorted(snapshots, key=lambda s: s.job_id)
+        whole = render(lambda: [metric for _, metric in build(jobs_in_order)], openmetrics)
         # The whole rendering lists every family header; the cache only families with samples.
         kept = [line for line in whole.decode().splitlines(keepends=True) if line != "# EOF\n"]
         body = jobs.body(openmetrics).decode()
