@@ -158,15 +158,7 @@ def grader_errors(errors: object) -> tuple[tuple[str, str, str, float], ...]:
 
 def step_phases(timing: object) -> Numbers:
     """(phase, seconds) from `timing.step`: {sampling, training, eval, full_iteration, ...}."""
-    step = timing.get("step") if isinstance(timing, Mapping) else None
-    if not isinstance(step, Mapping):
-        return ()
-    out = []
-    for phase, raw in step.items():
-        value = _finite(raw)
-        if value is not None and isinstance(phase, str) and name_problem(phase) is None:
-            out.append((phase, value))
-    return tuple(out[:MAX_KINDS])
+    return named_numbers(timing.get("step") if isinstance(timing, Mapping) else None)
 
 
 def too_many_graders(*parts: object) -> Skipped:
@@ -180,10 +172,15 @@ def too_many_graders(*parts: object) -> Skipped:
 
 def numeric_hyperparameters(hyperparameters: object) -> Numbers:
     """The numeric hyperparameters; "auto" (or any other string) gives none."""
-    if not isinstance(hyperparameters, Mapping):
+    return named_numbers(hyperparameters)
+
+
+def named_numbers(mapping: object) -> Numbers:
+    """The finite numbers of a mapping whose keys can be label values, at most MAX_KINDS."""
+    if not isinstance(mapping, Mapping):
         return ()
     out = []
-    for name, raw in hyperparameters.items():
+    for name, raw in mapping.items():
         value = _finite(raw)
         if value is not None and isinstance(name, str) and name_problem(name) is None:
             out.append((name, value))
@@ -195,19 +192,18 @@ class FieldBudget:
 
     `reserved` are the names that would make another metric's name (of the checkpoint's or of the
     job's prefix: refused under both, so that a name admitted for one never collides in the
-    other). `admit` returns what it refused, once per name, for the job to count and log.
+    other). `admit` returns what it refused; the job counts and logs each refusal once (jobstate).
     """
 
     def __init__(self, reserved: Iterable[str], limit: int = MAX_FIELDS_PER_JOB) -> None:
         self.reserved = frozenset(reserved)
         self.limit = limit
         self.admitted: set[str] = set()
-        self._refused: set[str] = set()
 
     def admit(self, names: Iterable[str]) -> Skipped:
         refused = []
-        for name in names:
-            if name in self.admitted or name in self._refused:
+        for name in dict.fromkeys(names):
+            if name in self.admitted:
                 continue
             if name in self.reserved:
                 refused.append((INVALID, f"{name!r} is the name of another metric"))
@@ -215,7 +211,4 @@ class FieldBudget:
                 refused.append((TOO_MANY, f"{name!r}: the job already exports {self.limit} fields"))
             else:
                 self.admitted.add(name)
-                continue
-            if len(self._refused) < 10 * self.limit:  # bounded memory; beyond, counted again
-                self._refused.add(name)
         return tuple(refused)

@@ -90,8 +90,8 @@ def test_cached_body_equals_rendering_everything_at_once() -> None:
     snapshots = [JOB_B, JOB_A]
     for snapshot in snapshots:
         jobs.update(snapshot)
+    jobs_in_order = sorted(snapshots, key=lambda s: s.job_id)
     for openmetrics in (False, True):
-        jobs_in_order = sorted(snapshots, key=lambda s: s.job_id)
         whole = render(lambda: [metric for _, metric in build(jobs_in_order)], openmetrics)
         # The whole rendering lists every family header; the cache only families with samples.
         kept = [line for line in whole.decode().splitlines(keepends=True) if line != "# EOF\n"]
