@@ -93,12 +93,12 @@ def _graders(part: object) -> list[tuple[str, Mapping[str, Any]]]:
     out = []
     for grader in graders:
         name = grader.get("name") if isinstance(grader, Mapping) else None
-        if isinstance(name, str) and 0 < len(name) <= MAX_GRADER_NAME_LENGTH and _encodable(name):
+        if isinstance(name, str) and 0 < len(name) <= MAX_GRADER_NAME_LENGTH and encodable(name):
             out.append((name, grader))
     return out
 
 
-def _encodable(text: str) -> bool:
+def encodable(text: str) -> bool:
     """False for a lone surrogate (JSON's "\\ud800"), which no exposition can write as UTF-8."""
     try:
         text.encode("utf-8")

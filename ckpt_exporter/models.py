@@ -41,10 +41,8 @@ KEPT = ConfigDict(extra="ignore", allow_inf_nan=False)
 
 def _encodable(text: str) -> str:
     """A string that UTF-8 can carry: JSON's escapes can make a lone surrogate, which it cannot."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("the string holds a lone surrogate (not valid Unicode)") from None
+    if not fields.encodable(text):
+        raise ValueError("the string holds a lone surrogate (not valid Unicode)")
     return text
 
 
