@@ -37,6 +37,11 @@ class FamiliesCollector(Collector):
 def render(families: Callable[[], Iterable[Metric]], openmetrics: bool) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(FamiliesCollector(families))
+    return render_registry(registry, openmetrics)
+
+
+def render_registry(registry: CollectorRegistry, openmetrics: bool) -> bytes:
+    """The registry in the text format, or in OpenMetrics."""
     if openmetrics:
         return render_openmetrics(registry)  # type: ignore[no-untyped-call,no-any-return]
     return render_text(registry)

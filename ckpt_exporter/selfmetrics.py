@@ -17,10 +17,9 @@ from prometheus_client import (
     Histogram,
     Info,
 )
-from prometheus_client.exposition import generate_latest as render_text
-from prometheus_client.openmetrics.exposition import generate_latest as render_openmetrics
 
 from ckpt_exporter import __version__
+from ckpt_exporter.layout import render_registry
 
 ENDPOINTS = ("checkpoints", "events", "jobs", "job")  # API endpoints the exporter calls, pre-created at zero
 
@@ -82,6 +81,4 @@ class SelfMetrics:
         self.api_requests.labels(endpoint, code).inc()
 
     def render(self, openmetrics: bool) -> bytes:
-        if openmetrics:
-            return render_openmetrics(self.registry)  # type: ignore[no-untyped-call,no-any-return]
-        return render_text(self.registry)
+        return render_registry(self.registry, openmetrics)
