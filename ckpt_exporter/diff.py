@@ -61,14 +61,17 @@ class CheckpointDiff:
         self._polls_since_full_read = 0
         self._need_full_read = True
         self._hidden: set[str] = set()  # ids hidden by a newer checkpoint at the same step
+        self._exported: tuple[Checkpoint, ...] = ()
 
     def checkpoints(self) -> tuple[Checkpoint, ...]:
-        """The checkpoints to export, oldest first: one per step (see `one_per_step`)."""
-        return one_per_step(self.known.values())[0]
+        """The checkpoints to export, oldest first: one per step (see `one_per_step`), as of the
+        last refresh that changed them."""
+        return self._exported
 
     def _note_duplicates(self, result: DiffResult) -> None:
-        """Count each checkpoint that another at its step hides, once, when it starts to be hidden."""
-        hidden = one_per_step(self.known.values())[1]
+        """Choose the checkpoints to export; count each checkpoint that another at its step hides,
+        once, when it starts to be hidden."""
+        self._exported, hidden = one_per_step(self.known.values())
         for checkpoint in hidden:
             if checkpoint.id not in self._hidden:
                 result.rejected.append(
