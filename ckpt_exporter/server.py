@@ -178,6 +178,7 @@ class MetricsServer:
         max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         web = LiveWebConfig(web_config) if web_config is not None else None
+        self._web = web
         handler = type("Handler", (Handler,), {"app": app, "web": web})
         self.scheme = web.scheme if web is not None else "http"
         self.telemetry_path = app.telemetry_path
@@ -211,10 +212,14 @@ class MetricsServer:
         return [f"{self.scheme}://{_host(host)}:{port}{self.telemetry_path}" for host, port in self.addresses]
 
     def start(self) -> None:
+        if self._web is not None:
+            self._web.start()
         for thread in self._threads:
             thread.start()
 
     def stop(self) -> None:
+        if self._web is not None:
+            self._web.stop()
         for server in self._servers:
             server.stopping = True
         for server, thread in zip(self._servers, self._threads, strict=True):

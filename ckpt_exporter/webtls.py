@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import ssl
-import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -59,7 +58,6 @@ class TlsContexts:
         self._tls = tls
         self._clock = clock
         self._warn_every = warn_every
-        self._lock = threading.Lock()
         self._stamps = self._stat()
         self._context = build_tls_context(tls)
         self._period = validity(tls.cert_file)
@@ -70,20 +68,23 @@ class TlsContexts:
         return tuple(file_stamp(path) for path in self._tls.files())
 
     def current(self) -> ssl.SSLContext:
+        return self._context
+
+    def refresh(self) -> None:
+        """Rebuild the context when a file changed (cert-manager renewals); warn of an invalid
+        certificate at most every `warn_every` seconds. Called by the web config's watcher."""
         stamps = self._stat()
-        with self._lock:
-            if stamps != self._stamps:
-                self._stamps = stamps
-                try:
-                    self._context = build_tls_context(self._tls)
-                except WebConfigError as exc:
-                    log.warning("TLS files changed but cannot be used, keeping the previous ones: %s", exc)
-                else:
-                    log.info("TLS certificate files changed: new connections use them")
-                    self._period = validity(self._tls.cert_file)
-                    self._warned_at = None
-            self._check_validity()
-            return self._context
+        if stamps != self._stamps:
+            self._stamps = stamps
+            try:
+                self._context = build_tls_context(self._tls)
+            except WebConfigError as exc:
+                log.warning("TLS files changed but cannot be used, keeping the previous ones: %s", exc)
+            else:
+                log.info("TLS certificate files changed: new connections use them")
+                self._period = validity(self._tls.cert_file)
+                self._warned_at = None
+        self._check_validity()
 
     def _check_validity(self) -> None:
         now = self._clock()

@@ -1,18 +1,16 @@
 """The web config in force: re-read when its file changes, as the exporter-toolkit re-reads its own.
 
-A change is applied to the next request: users and their passwords, `auth_excluded_paths`, headers,
-TLS files and versions. A changed file that cannot be used (invalid YAML, a bad hash, a certificate
-that does not load) keeps the previous config, with an ERROR naming what is wrong, once per change.
-Switching between TLS and plain HTTP changes what clients must speak: that takes a restart, and is
-logged as such.
+A change is applied within a second (CHECK_INTERVAL_SECONDS), by a watcher thread: users and their
+passwords, `auth_excluded_paths`, headers, TLS files and versions. A changed file that cannot be
+used (invalid YAML, a bad hash, a certificate that does not load) keeps the previous config, with an
+ERROR naming what is wrong, once per change. Switching between TLS and plain HTTP changes what
+clients must speak: that takes a restart, and is logged as such.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,38 +61,46 @@ def user_changes(old: dict[str, str], new: dict[str, str]) -> str:
 
 
 class LiveWebConfig:
-    """`current()`: the WebState for a request, re-read when the file changed (checked once a second)."""
+    """`current()`: the WebState for a request. The file (and the TLS files) are checked once a
+    second by a watcher thread of their own (`start()`, `stop()`), never by a request: a reload can
+    take a bcrypt hash or a certificate's load, which no scrape or probe should wait for."""
 
-    def __init__(
-        self,
-        config: WebConfig,
-        clock: Callable[[], float] = time.monotonic,
-        check_every: float = CHECK_INTERVAL_SECONDS,
-    ) -> None:
+    def __init__(self, config: WebConfig, check_every: float = CHECK_INTERVAL_SECONDS) -> None:
         self._state = WebState.build(config)
-        self._clock = clock
         self._check_every = check_every
-        self._checked_at = clock()
         self._stamp = file_stamp(config.path)
-        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._watcher = threading.Thread(target=self._watch, name="web-config", daemon=True)
 
     @property
     def scheme(self) -> str:
         return self._state.config.scheme
 
     def current(self) -> WebState:
-        path = self._state.config.path
-        now = self._clock()
-        if path is None or now - self._checked_at < self._check_every:
-            return self._state
-        with self._lock:
-            if now - self._checked_at >= self._check_every:
-                self._checked_at = now
-                stamp = file_stamp(path)
-                if stamp != self._stamp:
-                    self._stamp = stamp
-                    self._reload(path)
         return self._state
+
+    def start(self) -> None:
+        self._watcher.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._watcher.is_alive():
+            self._watcher.join(timeout=5)
+
+    def _watch(self) -> None:
+        while not self._stopped.wait(self._check_every):
+            self.refresh()
+
+    def refresh(self) -> None:
+        """Apply a change of the web config file, then of the TLS files it names."""
+        path = self._state.config.path
+        if path is not None:
+            stamp = file_stamp(path)
+            if stamp != self._stamp:
+                self._stamp = stamp
+                self._reload(path)
+        if self._state.tls is not None:
+            self._state.tls.refresh()
 
     def _reload(self, path: Path) -> None:
         try:

@@ -99,7 +99,8 @@ def test_renewed_certificate_is_served_without_a_restart(
     before = serial()
     new_cert = pki.issue_server(tmp_path)
     assert new_cert.serial_number != before
-    assert serial() == new_cert.serial_number
+    # The web config's watcher checks the files once a second; new connections then get the new one.
+    assert wait_for(lambda: serial() == new_cert.serial_number, 10)
 
 
 def test_a_silent_client_does_not_hold_up_others(serve: type[Served], pki: Pki) -> None:
@@ -211,7 +212,12 @@ def test_a_renewal_to_an_expired_certificate_is_warned_about(
     assert httpx.get(served.url("/healthz"), verify=pki.client_context(), timeout=5).status_code == 200
     assert [r.getMessage() for r in caplog.records if r.name == "ckpt_exporter.webtls"] == []
     pki.issue_server(tmp_path, valid=(datetime.timedelta(days=-2), datetime.timedelta(days=-1)))
+
+    def messages_now() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "ckpt_exporter.webtls"]
+
+    assert wait_for(lambda: len(messages_now()) >= 2, 10), messages_now()  # the watcher's next check
     assert httpx.get(served.url("/healthz"), verify=False, timeout=5).status_code == 200
-    messages = [r.getMessage() for r in caplog.records if r.name == "ckpt_exporter.webtls"]
+    messages = messages_now()
     assert messages[0] == "TLS certificate files changed: new connections use them"
     assert f"TLS certificate {tmp_path / 'server.crt'} expired at " in messages[1]
