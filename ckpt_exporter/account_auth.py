@@ -31,7 +31,7 @@ class AccountAuth:
 
     def __init__(self, account: str, keyless: bool = False) -> None:
         self._account = account
-        self._keyless = keyless  # Entra ID tokens (entra.py, which handles their 401s itself)
+        self._keyless = keyless  # Entra ID tokens: their 401s are the token source's (api.py, entra.py)
         self.failure: int | None = None  # the 401/403 last logged for the account
         self.epoch = 0
 

@@ -12,7 +12,7 @@ import json
 import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
 import httpx
@@ -26,6 +26,16 @@ from ckpt_exporter.retries import Retryable, RetryPolicy, is_retryable, retry_af
 from ckpt_exporter.transport import MAX_RESPONSE_BYTES, Reply, Transport, Unsendable, is_timeout
 
 RequestObserver = Callable[[str, str], None]  # (endpoint, code)
+
+
+class Reauthentication(Protocol):
+    """A credential that can be renewed when the API answers 401 to it (keyless Azure: entra.py)."""
+
+    async def renew(self, refused: httpx.Request) -> None:
+        """Get a fresh credential for the next attempt, `refused`'s having been refused."""
+
+    def refused(self, status: int, message: str) -> ApiError:
+        """The error for a fresh credential refused as well."""
 
 
 class ApiClient:
@@ -52,8 +62,10 @@ class ApiClient:
         max_response_bytes: int = MAX_RESPONSE_BYTES,
         gate: RequestGate | None = None,
         account: str = "default",
+        reauthentication: Reauthentication | None = None,
     ) -> None:
         self._transport = Transport(http, max_response_bytes)
+        self._reauthentication = reauthentication
         budget = rate_budget(max_requests_per_second) if max_requests_per_second is not None else None
         self.gate = gate or RequestGate(
             max_in_flight, budget, observe_wait=observe_wait, account=account, sleep=sleep, clock=clock
@@ -70,6 +82,8 @@ class ApiClient:
             try:
                 async with asyncio.timeout(self._attempt_timeout):
                     reply = await self._transport.get(path, params)
+                if reply.status == 401 and self._reauthentication is not None:
+                    reply = await self._with_a_fresh_credential(endpoint, reply, path, params)
             except httpx.TransportError:
                 self._observe(endpoint, "error")
                 raise
@@ -94,6 +108,21 @@ class ApiClient:
             self.gate.note_retry_after(job, reply.response)
             if is_retryable(reply.response):
                 raise Retryable(reply)
+        return reply
+
+    async def _with_a_fresh_credential(
+        self, endpoint: str, refused: Reply, path: str, params: dict[str, Any]
+    ) -> Reply:
+        """One fresh credential and one more attempt after a 401; a 401 to it too is the
+        credential's failure (SignInFailed for Entra ID), not a retryable answer."""
+        assert self._reauthentication is not None
+        self._observe(endpoint, "401")
+        await self._reauthentication.renew(refused.response.request)
+        async with asyncio.timeout(self._attempt_timeout):
+            reply = await self._transport.get(path, params)
+        if reply.status == 401:
+            self._observe(endpoint, "401")
+            raise self._reauthentication.refused(401, error_message(reply))
         return reply
 
     async def get_json(
@@ -123,7 +152,7 @@ class ApiClient:
         if reply.status >= 400:
             raise ApiError(
                 f"http_{reply.status}",
-                f"HTTP {reply.status}{_STATUS_HINTS.get(reply.status, '')}: {_error_message(reply)}",
+                f"HTTP {reply.status}{_STATUS_HINTS.get(reply.status, '')}: {error_message(reply)}",
                 status=reply.status,
                 retry_after=retry_after_seconds(reply.response),
             )
@@ -193,7 +222,7 @@ _STATUS_HINTS = {
 }
 
 
-def _error_message(reply: Reply) -> str:
+def error_message(reply: Reply) -> str:
     """The API's own error message, one line, without any key it might echo."""
     if json_values_at_most(reply.body) > MAX_JSON_VALUES:
         return reply.response.reason_phrase or "error"

@@ -130,6 +130,7 @@ def build_account(
         observe=metrics.observe_request,
         observe_wait=metrics.rate_limit_wait.inc,
         account=account.name,
+        reauthentication=auth if isinstance(auth, EntraAuth) else None,
     )
     poller = Poller(
         client,

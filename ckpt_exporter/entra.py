@@ -16,7 +16,8 @@ holds, so that a request costs no call into azure-identity:
 
 One fetch at a time per account, shared by every request that needs it. A 401 answered to a
 token makes one fresh token (from a new credential: azure-identity's cache would hand back the
-token it holds) and one retry. When no token can be had the request fails at once
+token it holds) and one retry; the API client does that (api.py, `Reauthentication`), where the
+401's body is read within the byte cap like any other. When no token can be had the request fails at once
 with SignInFailed (a job's poll then fails: job_up 0), the cause is logged once, counted by a
 bounded reason, and the next try comes at the next request after RETRY_SECONDS.
 """
@@ -165,11 +166,11 @@ class TokenSource:
         if self._credential is not None:
             await self._credential.close()
 
-    def rejected_by_api(self, response: httpx.Response) -> SignInFailed:
+    def rejected_by_api(self, status: int, message: str) -> SignInFailed:
         """The API refused a fresh token: the identity lacks the role, or the scope is wrong."""
         return self._failed(
             "api_rejected",
-            f"the API rejected the Entra ID token (HTTP {response.status_code}: {_api_message(response)}): "
+            f"the API rejected the Entra ID token (HTTP {status}: {message}): "
             "give the identity the role Cognitive Services OpenAI Contributor on the resource, "
             "and check azure_token_scope",
             fetch=False,
@@ -287,16 +288,9 @@ def _detail(exc: Exception) -> str:
     return redact(line[:240])
 
 
-def _api_message(response: httpx.Response) -> str:
-    try:
-        message = response.json()["error"]["message"]
-    except (ValueError, KeyError, TypeError, httpx.ResponseNotRead):
-        return response.reason_phrase or "error"
-    return redact(str(message).splitlines()[0][:200]) if message else response.reason_phrase
-
-
 class EntraAuth(httpx.Auth):
-    """Authorization: Bearer <token>; a 401 makes one fresh token and one retry."""
+    """Authorization: Bearer <token>. A 401 to it is answered by the API client (api.py, where every
+    body is read within its cap): `renew`, one more attempt, and `refused` if that fails too."""
 
     def __init__(self, tokens: TokenSource) -> None:
         self._tokens = tokens
@@ -311,10 +305,9 @@ class EntraAuth(httpx.Auth):
         response = yield request
         if response.status_code != 401:
             self._tokens.accepted_by_api()
-            return
-        request.headers["Authorization"] = f"Bearer {await self._tokens.renew(token)}"
-        response = yield request
-        if response.status_code == 401:
-            await response.aread()
-            raise self._tokens.rejected_by_api(response)
-        self._tokens.accepted_by_api()
+
+    async def renew(self, refused: httpx.Request) -> None:
+        await self._tokens.renew(refused.headers.get("Authorization", "").removeprefix("Bearer "))
+
+    def refused(self, status: int, message: str) -> SignInFailed:
+        return self._tokens.rejected_by_api(status, message)

@@ -572,3 +572,69 @@ async def test_an_error_message_that_echoes_the_key_is_redacted() -> None:
         await list_page(client)
     assert "plainsecret" not in str(caught.value) and "0123456789abcdef" not in str(caught.value)
     assert str(caught.value).endswith(": bad header Authorization: Bearer [REDACTED] (api-key: [REDACTED])")
+
+
+# -- a credential renewed after a 401 (keyless Azure) ------------------------------------------
+
+
+class Renewals:
+    """A Reauthentication that renews by bumping a counter the requests carry as their token."""
+
+    def __init__(self) -> None:
+        self.token = 1
+        self.refused_tokens: list[str] = []
+
+    def auth(self, request: httpx.Request) -> httpx.Request:
+        request.headers["Authorization"] = f"Bearer token-{self.token}"
+        return request
+
+    async def renew(self, refused: httpx.Request) -> None:
+        self.refused_tokens.append(refused.headers["Authorization"])
+        self.token += 1
+
+    def refused(self, status: int, message: str) -> ApiError:
+        return ApiError("sign_in", f"refused ({status}): {message}", status=status)
+
+
+def reauthenticating_client(
+    api: Api, renewals: Renewals, **kwargs: Any
+) -> tuple[ApiClient, list[tuple[str, str]]]:
+    observed: list[tuple[str, str]] = []
+    http = httpx.AsyncClient(
+        base_url="https://api.test/v1/", transport=httpx.MockTransport(api.handler), auth=renewals.auth
+    )
+    client = ApiClient(
+        http, observe=lambda e, c: observed.append((e, c)), reauthentication=renewals, **kwargs
+    )
+    return client, observed
+
+
+async def test_a_401_gets_one_fresh_credential_and_one_more_attempt() -> None:
+    api, renewals = Api(status(401), ok()), Renewals()
+    client, observed = reauthenticating_client(api, renewals)
+    assert (await list_page(client)).has_more is False
+    assert [r.headers["Authorization"] for r in api.requests] == ["Bearer token-1", "Bearer token-2"]
+    assert renewals.refused_tokens == ["Bearer token-1"]
+    assert observed == [("checkpoints", "401"), ("checkpoints", "200")]
+
+
+async def test_a_fresh_credential_refused_too_is_the_credential_s_failure_with_the_api_s_message() -> None:
+    api, renewals = Api(status(401, message="PermissionDenied: lacks the role")), Renewals()
+    client, observed = reauthenticating_client(api, renewals, max_retries=2)
+    with pytest.raises(ApiError) as caught:
+        await list_page(client)
+    assert (caught.value.reason, str(caught.value)) == (
+        "sign_in",
+        "refused (401): PermissionDenied: lacks the role",
+    )
+    assert (len(api.requests), observed) == (2, [("checkpoints", "401"), ("checkpoints", "401")])
+
+
+async def test_a_401_body_is_read_within_the_cap_before_any_renewal() -> None:
+    big = httpx.Response(401, content=b'{"error": {"message": "' + b"x" * 5000 + b'"}}')
+    api, renewals = Api(big), Renewals()
+    client, observed = reauthenticating_client(api, renewals, max_response_bytes=1000)
+    with pytest.raises(ApiError) as caught:
+        await list_page(client)
+    assert (caught.value.reason, len(api.requests), renewals.refused_tokens) == ("too_large", 1, [])
+    assert observed == [("checkpoints", "401")]
