@@ -136,6 +136,40 @@ def cursor_cycle(first: list[dict[str, Any]], second: list[dict[str, Any]]) -> R
 
 
 @functools.cache
+def raw(text: str, status: int = 200, **headers: str) -> Route:
+    """A fixed answer whose body is the raw JSON text given, valid or not (integers beyond float
+    range, lone surrogates...): what no document built by json.dumps could carry."""
+    answer = Answer(status, text.encode(), (("Content-Type", "application/json"), *headers.items()))
+    return lambda query: answer
+
+
+def raw_page(*items: str, has_more: bool = False, **headers: str) -> Route:
+    """A fixed list page of raw JSON items."""
+    return raw(
+        f'{{"object": "list", "data": [{", ".join(items)}], "has_more": {json.dumps(has_more)}}}', **headers
+    )
+
+
+def raw_job(job_id: str, status: str = "running", **fields: Any) -> str:
+    return json.dumps(
+        {"id": job_id, "object": "fine_tuning.job", "status": status, "created_at": 1, **fields}
+    )
+
+
+def raw_checkpoint(job_id: str, step: int, checkpoint_id: str | None = None, created_at: int = 2) -> str:
+    return json.dumps(
+        {
+            "id": checkpoint_id or f"ftckpt-{job_id}-{step}",
+            "object": "fine_tuning.job.checkpoint",
+            "created_at": created_at,
+            "fine_tuning_job_id": job_id,
+            "step_number": step,
+            "fine_tuned_model_checkpoint": f"ft:m:{job_id}:ckpt-step-{step}",
+            "metrics": {"step": float(step), "train_loss": 0.5},
+        }
+    )
+
+
 def gzip_bomb(inflated: int, layers: int) -> bytes:
     """`inflated` zero bytes (a multiple of 1 MiB) gzipped `layers` times: 1 GiB in two layers is
     under 3 KB, in one about 1 MB.
@@ -205,6 +239,10 @@ class HostileApi:
     def count(self, endpoint: str, job_id: str = "") -> int:
         with self.lock:
             return sum(1 for r in self.requests if (r.endpoint, r.job_id) == (endpoint, job_id))
+
+    def total(self) -> int:
+        with self.lock:
+            return len(self.requests)
 
     def listing_walks(self, filtered: bool = False) -> list[list[str | None]]:
         """The `after` cursors of the jobs listing, one list per walk (a walk starts without one);

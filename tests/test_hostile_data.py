@@ -132,13 +132,14 @@ async def test_a_key_with_a_line_break_fails_as_a_counted_reason_without_the_key
     transport: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     from ckpt_exporter.transport import make_http_client
-    from tests.helpers import HostileApi, raw_page
+    from tests.hostile_api import HostileApi, HostileServer, raw_page
 
     key = "sk-line-break-SECRET\r\nX-Injected: yes"
-    with HostileApi() as api, caplog.at_level(logging.DEBUG):
-        api.routes["fine_tuning/jobs/ftjob-a/checkpoints"] = raw_page()
+    api = HostileApi()
+    api.answers[("checkpoints", "ftjob-a")] = raw_page()
+    with HostileServer(api) as server, caplog.at_level(logging.DEBUG):
         http = make_http_client(
-            api.base_url,
+            server.base_url,
             auth=ApiKeyAuth(KeySource(key)),
             headers={},
             timeout=5,
